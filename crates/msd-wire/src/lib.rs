@@ -1,1 +1,31 @@
-//! placeholder
+//! Packet formats of msd: encoding, decoding and validation, with no I/O and no clock.
+//!
+//! This crate turns datagrams into validated values and back. It is the boundary where untrusted
+//! bytes from the network enter msd, so every decoder here is bounds-checked, allocation-free in
+//! the lengths a peer sends, and covered by property tests and fuzz targets.
+//!
+//! - [`seed`]: the wire format of the Node.js library msd grew from, reproduced byte for byte.
+//! - [`GroupId`]: the 14-byte id of a service and the multicast addresses derived from it.
+//!
+//! ```
+//! use msd_wire::seed::{SeedKind, SeedPacket};
+//!
+//! let bytes = SeedPacket::announce("http://10.0.0.7:8080", "deadbeef").to_vec()?;
+//! let packet = SeedPacket::decode(&bytes)?;
+//! assert_eq!(packet.kind, SeedKind::Announce);
+//! assert_eq!(packet.host.map(|host| host.id), Some("deadbeef"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Limitations
+//!
+//! The seed decoder rejects strings that are not valid UTF-8 and MessagePack extension types,
+//! both of which the original accepts; `docs/PROTOCOL.md` lists these differences.
+
+mod error;
+mod group;
+mod reader;
+pub mod seed;
+
+pub use error::{DecodeError, EncodeError};
+pub use group::{GroupId, GroupIdError};
