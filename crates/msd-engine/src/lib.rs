@@ -1,1 +1,44 @@
-//! placeholder
+//! The sans-IO state machines of msd: instances, discoverers and their registry.
+//!
+//! Nothing here opens a socket, reads a clock or draws OS randomness. Datagrams come in as bytes
+//! with their sender and interface; packets go out as [`Transmit`] values; time comes in as a
+//! `now` argument and randomness from a generator seeded through the configuration. The `msd`
+//! crate drives these machines with tokio, and tests drive thousands of them with a virtual clock.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Instant;
+//! use msd_engine::{Discoverer, DiscovererConfig, Event, Instance, InstanceConfig, InterfaceIndex, Received};
+//!
+//! let now = Instant::now();
+//! let interface = InterfaceIndex(2);
+//! let mut instance = Instance::new(InstanceConfig::new("deadbeef", "http://10.0.0.7:8080"), now)?;
+//! let mut discoverer = Discoverer::new(DiscovererConfig::default(), now);
+//! instance.add_interface(now, interface);
+//! discoverer.add_interface(now, interface);
+//!
+//! // Deliver the instance's first ANNOUNCE to the discoverer.
+//! let announce = instance.poll_transmit().expect("an announce on the new interface");
+//! let source: SocketAddr = "[fe80::1%2]:41000".parse()?;
+//! discoverer.handle_datagram(now, Received { source, interface, payload: &announce.payload });
+//! assert!(matches!(discoverer.poll_event(), Some(Event::Up(info)) if info.id == "deadbeef"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Limitations
+//!
+//! The seed protocol carries no incarnation, so a late ANNOUNCE of a stopped instance can bring it
+//! back until it expires again.
+
+mod discoverer;
+mod instance;
+mod schedule;
+mod stats;
+mod types;
+
+pub use discoverer::{Discoverer, DiscovererConfig};
+pub use instance::{Instance, InstanceConfig};
+pub use stats::{KindCounts, Stats};
+pub use types::{
+    Destination, DownReason, Event, InstanceInfo, InterfaceIndex, Protocol, Received, Transmit,
+};
