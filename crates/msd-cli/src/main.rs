@@ -1,1 +1,11 @@
-fn main() {}
+//! The `msd` command: announce, browse and demonstrate multicast service discovery.
+
+mod args;
+mod commands;
+mod exit;
+mod output;
+mod settings;
+
+fn main() -> std::process::ExitCode {
+    exit::run()
+}

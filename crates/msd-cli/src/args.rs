@@ -1,0 +1,121 @@
+//! Command-line arguments as clap parses them, before validation.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Multicast service discovery: find the live instances of a service on one L2 network.
+#[derive(Debug, Parser)]
+#[command(name = "msd", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Log filter, as for tracing-subscriber's EnvFilter (error, warn, info, debug, trace, or
+    /// per-module directives)
+    #[arg(long, global = true, value_name = "FILTER", env = "MSD_LOG", default_value = "info")]
+    pub(crate) log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage group ids
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Announce one instance of a service until interrupted (SIGINT or SIGTERM), then log off
+    Announce(AnnounceArgs),
+    /// List the live instances of a service, or follow their changes
+    Browse(BrowseArgs),
+    /// Run a discoverer and three instances on the loopback interface and show what it sees
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Print a new random group id and its multicast addresses
+    New {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the group is: shared by `announce` and `browse`.
+#[derive(Debug, Args)]
+pub(crate) struct NetworkArgs {
+    /// Group id of the service: 28 hexadecimal digits (create one with `msd group new`)
+    #[arg(long, short, value_name = "GROUP_ID", env = "MSD_GROUP")]
+    pub(crate) group: String,
+
+    /// Interface to use, by name; repeat or separate with commas for several [default: every up,
+    /// multicast-capable, non-loopback interface]
+    #[arg(long = "interface", short = 'i', value_name = "NAME", env = "MSD_MULTICAST_INTERFACE", value_delimiter = ',')]
+    pub(crate) interfaces: Vec<String>,
+
+    /// Use IPv4 multicast (239.0.0.0/8) instead of IPv6 link-local; required on loopback
+    #[arg(long, env = "MSD_IPV4")]
+    pub(crate) ipv4: bool,
+
+    /// IPv4 group address, overriding the one derived from the group id (implies --ipv4)
+    #[arg(long, value_name = "ADDRESS", env = "MSD_IPV4_GROUP")]
+    pub(crate) ipv4_group: Option<String>,
+
+    /// UDP port of the group
+    #[arg(long, value_name = "PORT", env = "MSD_PORT", default_value_t = msd::SEED_PORT)]
+    pub(crate) port: u16,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AnnounceArgs {
+    #[command(flatten)]
+    pub(crate) network: NetworkArgs,
+
+    /// URL where this instance serves, e.g. http://10.0.0.7:8080
+    #[arg(long, value_name = "URL", env = "MSD_URL")]
+    pub(crate) url: String,
+
+    /// Id of this instance, unique within the group
+    #[arg(long, value_name = "ID", env = "MSD_ID")]
+    pub(crate) id: String,
+
+    /// Gap between unsolicited announcements, e.g. 20s or 500ms
+    #[arg(long, value_name = "DURATION", env = "MSD_ANNOUNCE_INTERVAL", default_value = "20s")]
+    pub(crate) announce_interval: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BrowseArgs {
+    #[command(flatten)]
+    pub(crate) network: NetworkArgs,
+
+    /// Print JSON: an array of instances, or with --watch one event object per line
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Keep running and print every change (up, changed, down) as it happens
+    #[arg(long)]
+    pub(crate) watch: bool,
+
+    /// How long to listen before printing the table, or with --watch before exiting, e.g. 3s
+    /// [default: 3s without --watch, forever with it]
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) timeout: Option<String>,
+
+    /// Gap between periodic DISCOVER rounds, e.g. 20s
+    #[arg(long, value_name = "DURATION", env = "MSD_DISCOVER_INTERVAL", default_value = "20s")]
+    pub(crate) discover_interval: String,
+
+    /// Silence after which an instance is probed and then removed, e.g. 65s
+    #[arg(long, value_name = "DURATION", env = "MSD_EXPIRE_AFTER", default_value = "65s")]
+    pub(crate) expire_after: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Number of instances to start (1 to 20)
+    #[arg(long, value_name = "COUNT", default_value_t = 3)]
+    pub(crate) instances: u32,
+}

@@ -1,0 +1,100 @@
+use std::time::Duration;
+
+use msd::{Discoverer, Event};
+
+use crate::args::BrowseArgs;
+use crate::commands::shutdown_signal;
+use crate::exit::CliError;
+use crate::output::{interface_label, print, table, EventJson, InstanceJson};
+use crate::settings::{parse_duration, Network};
+
+/// How long `browse` listens without `--watch` or `--timeout`: long enough for the startup
+/// DISCOVER rounds (0, 250 and 750 ms) and the answers' random delay.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
+    let network = Network::from_args(&args.network)?;
+    let timeout = args.timeout.as_deref().map(|text| parse_duration("--timeout", text)).transpose()?;
+    let discover_interval = parse_duration("--discover-interval", &args.discover_interval)?;
+    let expire_after = parse_duration("--expire-after", &args.expire_after)?;
+
+    let builder = Discoverer::builder(network.group);
+    let discoverer = network
+        .apply_discoverer(builder)
+        .discover_interval(discover_interval)
+        .expire_after(expire_after)
+        .start()
+        .await?;
+
+    if args.watch {
+        watch(&discoverer, args.json, timeout).await?;
+        discoverer.shutdown().await;
+        return Ok(());
+    }
+
+    let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+    tokio::select! {
+        () = tokio::time::sleep(timeout) => {}
+        signal = shutdown_signal() => { signal?; }
+    }
+    let instances = discoverer.instances().await?;
+    discoverer.shutdown().await;
+    let now = msd_now();
+    if args.json {
+        let list: Vec<InstanceJson> = instances.iter().map(|info| InstanceJson::new(info, now)).collect();
+        print(&format!("{}\n", to_json(&list)?));
+    } else {
+        print(&table(&instances, now));
+    }
+    if instances.is_empty() {
+        return Err(CliError::NothingFound(humantime::format_duration(timeout).to_string()));
+    }
+    Ok(())
+}
+
+async fn watch(discoverer: &Discoverer, json: bool, timeout: Option<Duration>) -> Result<(), CliError> {
+    let mut events = discoverer.events();
+    let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+    let stop = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = &mut stop => return Ok(()),
+            signal = &mut signal => return signal.map(|_| ()),
+        };
+        let Some(event) = event else { return Ok(()) };
+        let now = msd_now();
+        if json {
+            print(&format!("{}\n", to_json(&EventJson::new(&event, now))?));
+        } else {
+            print(&format!("{}\n", describe(&event)));
+        }
+    }
+}
+
+/// Returns one line describing an event, as `browse --watch` and `demo` print it.
+pub(crate) fn describe(event: &Event) -> String {
+    match event {
+        Event::Up(info) => format!("up       {}  {}  via {} from {}", info.id, info.url, interface_label(info), info.source),
+        Event::Changed { previous, current } => {
+            format!("changed  {}  {} -> {}", current.id, previous.url, current.url)
+        }
+        Event::Down { instance, reason } => format!("down     {}  {}  ({reason})", instance.id, instance.url),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+    serde_json::to_string(value).map_err(|error| CliError::Failure(format!("failed to encode JSON: {error}")))
+}
+
+fn msd_now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}

@@ -1,0 +1,29 @@
+mod announce;
+mod browse;
+mod demo;
+mod group;
+
+use crate::args::{Cli, Command, GroupCommand};
+use crate::exit::CliError;
+
+pub(crate) async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Group(GroupCommand::New { json }) => group::new(json),
+        Command::Announce(args) => announce::run(args).await,
+        Command::Browse(args) => browse::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() -> Result<&'static str, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let failed = |error: std::io::Error| CliError::Failure(format!("failed to install a signal handler: {error}"));
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(failed)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(failed)?;
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    Ok(name)
+}

@@ -1,0 +1,149 @@
+//! Logging setup and the text and JSON forms of instances and events.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use msd::{Event, InstanceInfo};
+use serde::Serialize;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::GlobalArgs;
+
+/// Sends logs to stderr, filtered by `--log` / `MSD_LOG`.
+pub(crate) fn init_logging(global: &GlobalArgs) {
+    let filter = EnvFilter::try_new(&global.log).unwrap_or_else(|error| {
+        eprintln!("msd: invalid log filter {:?} ({error}); using \"info\"", global.log);
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_target(false).init();
+}
+
+/// One instance as `browse --json` prints it.
+#[derive(Debug, Serialize)]
+pub(crate) struct InstanceJson {
+    pub(crate) id: String,
+    pub(crate) url: String,
+    pub(crate) protocol: &'static str,
+    pub(crate) interface: String,
+    pub(crate) source: String,
+    /// Milliseconds since the instance was first heard.
+    pub(crate) age_ms: u128,
+    /// Milliseconds since the instance was last heard.
+    pub(crate) last_seen_ms: u128,
+}
+
+impl InstanceJson {
+    pub(crate) fn new(info: &InstanceInfo, now: Instant) -> Self {
+        InstanceJson {
+            id: info.id.clone(),
+            url: info.url.clone(),
+            protocol: "seed",
+            interface: interface_label(info),
+            source: info.source.to_string(),
+            age_ms: now.saturating_duration_since(info.first_seen).as_millis(),
+            last_seen_ms: now.saturating_duration_since(info.last_seen).as_millis(),
+        }
+    }
+}
+
+/// One event as `browse --watch --json` prints it.
+#[derive(Debug, Serialize)]
+pub(crate) struct EventJson {
+    pub(crate) event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
+    pub(crate) instance: InstanceJson,
+}
+
+impl EventJson {
+    pub(crate) fn new(event: &Event, now: Instant) -> Self {
+        match event {
+            Event::Up(info) => EventJson { event: "up", reason: None, instance: InstanceJson::new(info, now) },
+            Event::Changed { current, .. } => {
+                EventJson { event: "changed", reason: None, instance: InstanceJson::new(current, now) }
+            }
+            Event::Down { instance, reason } => EventJson {
+                event: "down",
+                reason: Some(reason.to_string()),
+                instance: InstanceJson::new(instance, now),
+            },
+        }
+    }
+}
+
+pub(crate) fn interface_label(info: &InstanceInfo) -> String {
+    msd::interface_name(info.interface).unwrap_or_else(|| format!("#{}", info.interface))
+}
+
+/// Formats the table `browse` and `demo` print.
+pub(crate) fn table(instances: &[InstanceInfo], now: Instant) -> String {
+    let headers = ["ID", "URL", "INTERFACE", "SOURCE", "AGE"];
+    let rows: Vec<[String; 5]> = instances
+        .iter()
+        .map(|info| {
+            [
+                info.id.clone(),
+                info.url.clone(),
+                interface_label(info),
+                info.source.to_string(),
+                format!("{:.1}s", now.saturating_duration_since(info.first_seen).as_secs_f64()),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: &[&str]| {
+        let line: Vec<String> =
+            cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    };
+    push_row(&headers);
+    for row in &rows {
+        push_row(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// Writes to stdout; a closed pipe (`msd browse | head`) ends the program quietly.
+pub(crate) fn print(text: &str) {
+    let mut stdout = io::stdout().lock();
+    let written = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    if let Err(error) = written {
+        if error.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("msd: failed to write to stdout: {error}");
+        std::process::exit(i32::from(crate::exit::FAILURE));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let now = Instant::now();
+        let info = InstanceInfo {
+            id: "web-1".into(),
+            url: "http://10.0.0.7:8080".into(),
+            protocol: msd::Protocol::Seed,
+            interface: msd::InterfaceIndex(u32::MAX),
+            source: "10.0.0.7:40000".parse().unwrap(),
+            first_seen: now,
+            last_seen: now,
+        };
+        let text = table(&[info], now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("ID     URL"), "{text}");
+        assert!(lines[1].starts_with("web-1  http://10.0.0.7:8080"), "{text}");
+        assert!(lines[1].contains("#4294967295"), "unknown interface index shown as a number: {text}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Validated settings: every argument checked before any socket opens.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use msd::{GroupId, InterfaceSelection, IpVersion};
+
+use crate::args::NetworkArgs;
+use crate::exit::CliError;
+
+/// The validated form of [`NetworkArgs`].
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub(crate) group: GroupId,
+    pub(crate) interfaces: InterfaceSelection,
+    pub(crate) ip: IpVersion,
+    pub(crate) ipv4_group: Option<Ipv4Addr>,
+    pub(crate) port: u16,
+}
+
+impl Network {
+    pub(crate) fn from_args(args: &NetworkArgs) -> Result<Self, CliError> {
+        let group: GroupId = args.group.trim().parse().map_err(|error: msd::GroupIdError| usage(error.to_string()))?;
+        let ipv4_group = args.ipv4_group.as_deref().map(parse_ipv4_group).transpose()?;
+        let names: Vec<String> =
+            args.interfaces.iter().map(|name| name.trim().to_owned()).filter(|name| !name.is_empty()).collect();
+        let interfaces = if names.is_empty() { InterfaceSelection::All } else { InterfaceSelection::Named(names) };
+        let ip = if args.ipv4 || ipv4_group.is_some() { IpVersion::V4 } else { IpVersion::V6 };
+        if args.port == 0 {
+            return Err(usage("invalid port 0: the group needs a fixed port; omit --port to use 53566".into()));
+        }
+        Ok(Network { group, interfaces, ip, ipv4_group, port: args.port })
+    }
+
+    pub(crate) fn apply_instance(&self, mut builder: msd::InstanceBuilder) -> msd::InstanceBuilder {
+        builder = builder.interfaces(self.interfaces.clone()).ip_version(self.ip).port(self.port);
+        if let Some(address) = self.ipv4_group {
+            builder = builder.ipv4_group(address);
+        }
+        builder
+    }
+
+    pub(crate) fn apply_discoverer(&self, mut builder: msd::DiscovererBuilder) -> msd::DiscovererBuilder {
+        builder = builder.interfaces(self.interfaces.clone()).ip_version(self.ip).port(self.port);
+        if let Some(address) = self.ipv4_group {
+            builder = builder.ipv4_group(address);
+        }
+        builder
+    }
+}
+
+fn parse_ipv4_group(text: &str) -> Result<Ipv4Addr, CliError> {
+    let address: Ipv4Addr = text
+        .parse()
+        .map_err(|_| usage(format!("invalid IPv4 group address {text:?}: write it like 239.1.2.3")))?;
+    if !address.is_multicast() {
+        return Err(usage(format!("invalid IPv4 group address {address}: it is not multicast; use one in 239.0.0.0/8")));
+    }
+    Ok(address)
+}
+
+/// Parses a duration such as `500ms`, `20s` or `2m`; `name` is the flag, for the message.
+pub(crate) fn parse_duration(name: &str, text: &str) -> Result<Duration, CliError> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|_| usage(format!("invalid {name} {text:?}: write a duration like 500ms, 20s or 2m")))?;
+    if duration.is_zero() {
+        return Err(usage(format!("invalid {name} {text:?}: it must be greater than zero")));
+    }
+    Ok(duration)
+}
+
+/// Checks an instance id and URL the way the library will, so the message names the flag.
+pub(crate) fn check_instance(id: &str, url: &str) -> Result<(), CliError> {
+    if id.trim().is_empty() {
+        return Err(usage("invalid --id: it is empty; give each instance a unique id such as web-1".into()));
+    }
+    if let Err(error) = url::Url::parse(url) {
+        return Err(usage(format!("invalid --url {url:?}: {error}; write an absolute URL such as http://10.0.0.7:8080")));
+    }
+    Ok(())
+}
+
+pub(crate) fn usage(message: String) -> CliError {
+    CliError::Usage(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(group: &str) -> NetworkArgs {
+        NetworkArgs { group: group.into(), interfaces: vec![], ipv4: false, ipv4_group: None, port: 53566 }
+    }
+
+    #[test]
+    fn valid_group_accepted() {
+        let settings = Network::from_args(&network("55c545258c440a731a50810425bc")).unwrap();
+        assert_eq!(settings.group.to_string(), "55c545258c440a731a50810425bc");
+        assert_eq!(settings.ip, IpVersion::V6);
+        assert_eq!(settings.interfaces, InterfaceSelection::All);
+    }
+
+    #[test]
+    fn invalid_inputs_rejected_with_value() {
+        let cases: Vec<(&str, Result<(), CliError>, &str)> = vec![
+            ("short group", Network::from_args(&network("abc")).map(|_| ()), "\"abc\""),
+            ("empty id", check_instance(" ", "http://a:1"), "--id"),
+            ("relative url", check_instance("a", "localhost"), "\"localhost\""),
+            ("bad duration", parse_duration("--timeout", "soon").map(|_| ()), "\"soon\""),
+            ("zero duration", parse_duration("--timeout", "0s").map(|_| ()), "greater than zero"),
+            ("unicast ipv4 group", parse_ipv4_group("10.0.0.1").map(|_| ()), "10.0.0.1"),
+        ];
+        for (name, result, fragment) in cases {
+            let error = result.expect_err(name);
+            assert!(matches!(error, CliError::Usage(_)), "{name}: {error:?}");
+            assert!(error.to_string().contains(fragment), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn ipv4_group_implies_ipv4() {
+        let mut args = network("55c545258c440a731a50810425bc");
+        args.ipv4_group = Some("239.9.9.9".into());
+        assert_eq!(Network::from_args(&args).unwrap().ip, IpVersion::V4);
+    }
+
+    #[test]
+    fn interface_list_trimmed() {
+        let mut args = network("55c545258c440a731a50810425bc");
+        args.interfaces = vec![" eth1".into(), "".into()];
+        assert_eq!(Network::from_args(&args).unwrap().interfaces, InterfaceSelection::Named(vec!["eth1".into()]));
+    }
+}

@@ -1,0 +1,277 @@
+//! Announcing one instance of a service.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msd_engine::{InstanceConfig, InterfaceIndex, Received, Transmit};
+use msd_wire::GroupId;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::driver::{self, Command, Machine, Shared};
+use crate::net::{InterfaceSelection, IpVersion, NetworkConfig};
+use crate::{Error, Stats};
+
+/// Largest UDP payload msd sends: the IPv4 limit of 65,507 bytes.
+pub const MAX_DATAGRAM: usize = 65_507;
+
+impl Machine for msd_engine::Instance {
+    fn add_interface(&mut self, now: Instant, interface: InterfaceIndex) {
+        msd_engine::Instance::add_interface(self, now, interface);
+    }
+    fn remove_interface(&mut self, interface: InterfaceIndex) {
+        msd_engine::Instance::remove_interface(self, interface);
+    }
+    fn handle_datagram(&mut self, now: Instant, datagram: Received<'_>) {
+        msd_engine::Instance::handle_datagram(self, now, datagram);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        msd_engine::Instance::handle_timeout(self, now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        msd_engine::Instance::poll_timeout(self)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        msd_engine::Instance::poll_transmit(self)
+    }
+}
+
+/// Settings for an [`Instance`], from [`Instance::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct InstanceBuilder {
+    network: NetworkConfig,
+    engine: InstanceConfig,
+}
+
+impl InstanceBuilder {
+    /// Sets the instance id, unique within the group. Required. The original implementation
+    /// requires exactly 8 characters; msd and the original's discoverers accept any non-empty id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.engine.id = id.into();
+        self
+    }
+
+    /// Sets the URL clients use to reach the instance. Required; must be an absolute URL.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.engine.url = url.into();
+        self
+    }
+
+    /// Restricts the instance to one more named interface (see [`InterfaceSelection::Named`]).
+    pub fn interface(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        match &mut self.network.interfaces {
+            Some(InterfaceSelection::Named(names)) => names.push(name),
+            _ => self.network.interfaces = Some(InterfaceSelection::Named(vec![name])),
+        }
+        self
+    }
+
+    /// Sets which interfaces to use. Default: the names in `MSD_MULTICAST_INTERFACE` when it is
+    /// set, else every up, multicast-capable, non-loopback interface.
+    pub fn interfaces(mut self, selection: InterfaceSelection) -> Self {
+        self.network.interfaces = Some(selection);
+        self
+    }
+
+    /// Sets the IP version of the group. Default: IPv6, the seed protocol's only mode.
+    pub fn ip_version(mut self, ip: IpVersion) -> Self {
+        self.network.ip = ip;
+        self
+    }
+
+    /// Overrides the IPv4 group address derived from the group id.
+    pub fn ipv4_group(mut self, address: Ipv4Addr) -> Self {
+        self.network.ipv4_group = Some(address);
+        self
+    }
+
+    /// Sets the UDP port of the group. Default: 53566, the seed protocol's port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.network.port = port;
+        self
+    }
+
+    /// Sets the gap between unsolicited ANNOUNCE rounds. Default: 20 s.
+    pub fn announce_interval(mut self, interval: Duration) -> Self {
+        self.engine.announce_interval = interval;
+        self
+    }
+
+    /// Sets the ANNOUNCE rounds at start and the gap before the second one, which doubles for
+    /// each later round. Default: 3 rounds, 250 ms.
+    pub fn startup_announces(mut self, rounds: u32, spacing: Duration) -> Self {
+        self.engine.startup_announces = rounds;
+        self.engine.startup_announce_spacing = spacing;
+        self
+    }
+
+    /// Sets the longest random delay before answering a DISCOVER. Default: 100 ms.
+    pub fn max_answer_delay(mut self, delay: Duration) -> Self {
+        self.engine.max_answer_delay = delay;
+        self
+    }
+
+    /// Sets how often interfaces are checked for changes. Default: 2 s.
+    pub fn interface_rescan_interval(mut self, interval: Duration) -> Self {
+        self.network.rescan_interval = interval;
+        self
+    }
+
+    /// Validates the settings, opens the sockets and starts announcing.
+    ///
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// Fails on an empty id, an invalid URL, an announcement larger than [`MAX_DATAGRAM`], an
+    /// interface that does not exist, or a port held by a program that does not share it.
+    pub async fn start(mut self) -> Result<Instance, Error> {
+        validate(&self.engine)?;
+        self.engine.rng_seed = rand::random();
+        let engine = msd_engine::Instance::new(self.engine.clone(), driver::now())?;
+        let logoff = engine.logoff_payload().to_vec();
+        let (driver, commands, shared) = driver::prepare(engine, self.network.clone(), "instance")?;
+        let task = tokio::spawn(driver.run());
+        tracing::debug!(id = %self.engine.id, url = %self.engine.url, "instance started");
+        Ok(Instance { id: self.engine.id, network: self.network, commands, shared, task: Some(task), logoff })
+    }
+}
+
+fn validate(config: &InstanceConfig) -> Result<(), Error> {
+    if config.id.is_empty() {
+        return Err(Error::invalid("instance id", "it is empty; give each instance a unique id"));
+    }
+    if let Err(error) = url::Url::parse(&config.url) {
+        return Err(Error::invalid(
+            "instance url",
+            format!("{:?} is not an absolute URL ({error}); write it like http://10.0.0.7:8080", config.url),
+        ));
+    }
+    let size = msd_wire::seed::SeedPacket::announce(&config.url, &config.id).encoded_len();
+    if size > MAX_DATAGRAM {
+        let (field, len) = if config.url.len() >= config.id.len() {
+            ("instance url", config.url.len())
+        } else {
+            ("instance id", config.id.len())
+        };
+        return Err(Error::invalid(
+            field,
+            format!("it is {len} bytes long and makes the announcement {size} bytes, more than the maximum of {MAX_DATAGRAM}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A running instance: announces itself to its group and answers DISCOVERs until it is shut down
+/// or dropped.
+///
+/// [`Instance::shutdown`] sends LOGOFF on every interface and waits until it has been sent.
+/// Dropping the handle without it sends LOGOFF too, from a fresh socket, on a best-effort basis.
+#[derive(Debug)]
+pub struct Instance {
+    id: String,
+    network: NetworkConfig,
+    commands: mpsc::Sender<Command<msd_engine::Instance>>,
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+    logoff: Vec<u8>,
+}
+
+impl Instance {
+    /// Starts building an instance of the service with this group id.
+    pub fn builder(group: GroupId) -> InstanceBuilder {
+        InstanceBuilder { network: NetworkConfig::new(group), engine: InstanceConfig::new("", "") }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.network.group
+    }
+
+    /// Returns the traffic counters.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Stopped`] when the background task has ended.
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(move |engine: &mut msd_engine::Instance, _now| {
+            let _ = reply.send(engine.stats().clone());
+        });
+        self.commands.send(Command::Run(job)).await.map_err(|_| Error::Stopped)?;
+        let packets = answer.await.map_err(|_| Error::Stopped)?;
+        Ok(Stats::new(packets, &self.shared.counters))
+    }
+
+    /// Sends LOGOFF on every interface, waits until it has left, and stops.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Stopped`] when the background task had already ended; the LOGOFF is then
+    /// sent on a best-effort basis.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        let (reply, done) = oneshot::channel();
+        let job = Box::new(|engine: &mut msd_engine::Instance, _now| engine.shutdown());
+        let sent = self.commands.send(Command::Shutdown(job, reply)).await.is_ok() && done.await.is_ok();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        tracing::debug!(id = %self.id, "instance shut down");
+        if sent {
+            Ok(())
+        } else {
+            driver::send_best_effort(&self.network, &self.shared, &self.logoff);
+            Err(Error::Stopped)
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // `shutdown` takes the task; a handle that still has it was dropped without one.
+        let Some(task) = self.task.take() else { return };
+        self.shared.stopping.store(true, Ordering::Release);
+        task.abort();
+        driver::send_best_effort(&self.network, &self.shared, &self.logoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str, url: &str) -> InstanceConfig {
+        InstanceConfig::new(id, url)
+    }
+
+    #[test]
+    fn empty_id_rejected() {
+        let error = validate(&config("", "http://a:1")).unwrap_err();
+        assert_eq!(error.to_string(), "invalid instance id: it is empty; give each instance a unique id");
+    }
+
+    #[test]
+    fn relative_url_rejected() {
+        let error = validate(&config("a", "/path")).unwrap_err();
+        assert!(error.to_string().starts_with("invalid instance url: \"/path\" is not an absolute URL"), "{error}");
+    }
+
+    #[test]
+    fn oversized_url_names_field() {
+        let url = format!("http://a/{}", "x".repeat(MAX_DATAGRAM));
+        let error = validate(&config("a", &url)).unwrap_err();
+        assert!(error.to_string().starts_with("invalid instance url: it is 65516 bytes long"), "{error}");
+    }
+
+    #[test]
+    fn valid_settings_accepted() {
+        assert!(validate(&config("deadbeef", "http://10.0.0.7:8080")).is_ok());
+    }
+}
