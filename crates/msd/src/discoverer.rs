@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -148,8 +148,8 @@ impl DiscovererBuilder {
 
     /// Opens the sockets and starts discovering.
     ///
-    /// Must be called within a tokio runtime. Subscribe with [`Discoverer::events`] before the
-    /// next `.await` to see every event from the start.
+    /// Must be called within a tokio runtime. The first call to [`Discoverer::events`] returns
+    /// every event from the start.
     ///
     /// # Errors
     ///
@@ -161,7 +161,8 @@ impl DiscovererBuilder {
         }
         self.engine.rng_seed = rand::random();
         let engine = msd_engine::Discoverer::new(self.engine, driver::now());
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        // Subscribed before the task starts, so the first `events()` call misses nothing.
+        let (events, first_receiver) = broadcast::channel(EVENT_BUFFER);
         let machine = DiscovererMachine { engine, events: events.clone() };
         let (driver, commands, shared) = driver::prepare(machine, self.network.clone(), "discoverer")?;
         let task = tokio::spawn(driver.run());
@@ -171,6 +172,7 @@ impl DiscovererBuilder {
             events,
             shared,
             lagged: Arc::new(AtomicU64::new(0)),
+            first_receiver: Mutex::new(Some(first_receiver)),
             task: Some(task),
         })
     }
@@ -184,6 +186,7 @@ pub struct Discoverer {
     events: broadcast::Sender<Event>,
     shared: Arc<Shared>,
     lagged: Arc<AtomicU64>,
+    first_receiver: Mutex<Option<broadcast::Receiver<Event>>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -235,9 +238,12 @@ impl Discoverer {
         Ok((instances, Events { inner: BroadcastStream::new(receiver), lagged }))
     }
 
-    /// Subscribes to changes from now on.
+    /// Subscribes to changes. The first call returns every event since the discoverer started;
+    /// later calls return the events from the moment of the call on.
     pub fn events(&self) -> Events {
-        Events { inner: BroadcastStream::new(self.events.subscribe()), lagged: Arc::clone(&self.lagged) }
+        let first = self.first_receiver.lock().ok().and_then(|mut receiver| receiver.take());
+        let receiver = first.unwrap_or_else(|| self.events.subscribe());
+        Events { inner: BroadcastStream::new(receiver), lagged: Arc::clone(&self.lagged) }
     }
 
     /// Returns the traffic counters.
