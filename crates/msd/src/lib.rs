@@ -69,8 +69,9 @@ pub use net::{InterfaceSelection, IpVersion, INTERFACE_ENV};
 
 /// Returns the name of the interface with this index, or `None` when there is no such interface.
 pub fn interface_name(index: InterfaceIndex) -> Option<String> {
-    let name = nix::net::if_::if_indextoname(index.0).ok()?;
-    name.into_string().ok()
+    let name = nix::net::if_::if_indextoname(index.0).ok()?.into_string().ok()?;
+    // nix 0.29 returns an empty name, not an error, for an index that does not exist.
+    (!name.is_empty()).then_some(name)
 }
 
 /// Counters of an instance or discoverer. All counts start at zero and only grow.
