@@ -32,12 +32,26 @@ pub enum DecodeError {
     InvalidHost,
     #[error("`h` has a key other than `url` and `id`")]
     UnexpectedHostKey,
-    #[error("`h` has no `{field}` field")]
+    #[error("missing field `{field}`")]
     MissingField { field: &'static str },
     #[error("`h.{field}` is not a string")]
     FieldNotString { field: &'static str },
-    #[error("`h.{field}` is not valid UTF-8")]
+    #[error("field `{field}` is not valid UTF-8")]
     InvalidUtf8 { field: &'static str },
+    #[error("datagram does not start with the native magic bytes")]
+    NotNative,
+    #[error("native packet of major version {major}, which this version of msd does not speak")]
+    UnsupportedVersion { major: u8 },
+    #[error("native packet of unknown kind {kind}")]
+    UnknownKind { kind: u8 },
+    #[error("field `{field}` has an invalid length or value")]
+    InvalidField { field: &'static str },
+    #[error("packet is not authenticated, but a key is configured")]
+    Unauthenticated,
+    #[error("packet is authenticated with a key that is not in the key ring")]
+    UnknownKey,
+    #[error("packet's authentication tag does not match its content")]
+    BadTag,
 }
 
 impl DecodeError {
@@ -59,6 +73,13 @@ impl DecodeError {
             DecodeError::MissingField { .. } => "missing_field",
             DecodeError::FieldNotString { .. } => "field_not_string",
             DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
+            DecodeError::NotNative => "not_native",
+            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+            DecodeError::UnknownKind { .. } => "unknown_kind",
+            DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::Unauthenticated => "unauthenticated",
+            DecodeError::UnknownKey => "unknown_key",
+            DecodeError::BadTag => "bad_tag",
         }
     }
 }
@@ -69,4 +90,10 @@ impl DecodeError {
 pub enum EncodeError {
     #[error("field `{field}` is {len} bytes long, more than the maximum of {max} bytes")]
     FieldTooLong { field: &'static str, len: usize, max: usize },
+    #[error("field `{field}` is missing")]
+    MissingField { field: &'static str },
+    #[error("field `{field}` is empty")]
+    EmptyField { field: &'static str },
+    #[error("the packet would be {size} bytes, more than the maximum of {max}; shorten field `{field}`")]
+    TooLarge { field: &'static str, size: usize, max: usize },
 }
