@@ -31,6 +31,19 @@ pub(crate) enum Command {
     Browse(BrowseArgs),
     /// Run a discoverer and three instances on the loopback interface and show what it sees
     Demo(DemoArgs),
+    /// Manage keys for authenticated packets
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a new key ring file with one fresh primary key
+    New {
+        /// File to write, created with mode 0600; refuses to overwrite [default: print to stdout]
+        #[arg(long, short, value_name = "PATH")]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +79,15 @@ pub(crate) struct NetworkArgs {
     /// UDP port of the group
     #[arg(long, value_name = "PORT", env = "MSD_PORT", default_value_t = msd::SEED_PORT)]
     pub(crate) port: u16,
+
+    /// Protocols to speak: seed (the original's), native (msd's own) or both; a key file implies
+    /// native
+    #[arg(long, value_name = "PROTOCOL", env = "MSD_PROTOCOL", default_value = "both")]
+    pub(crate) protocol: String,
+
+    /// Key ring file (`msd key new`): authenticate every packet and reject all others
+    #[arg(long, value_name = "PATH", env = "MSD_KEY_FILE")]
+    pub(crate) key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -81,9 +103,33 @@ pub(crate) struct AnnounceArgs {
     #[arg(long, value_name = "ID", env = "MSD_ID")]
     pub(crate) id: String,
 
-    /// Gap between unsolicited announcements, e.g. 20s or 500ms
+    /// Gap between unsolicited seed-protocol announcements, e.g. 20s
     #[arg(long, value_name = "DURATION", env = "MSD_ANNOUNCE_INTERVAL", default_value = "20s")]
     pub(crate) announce_interval: String,
+
+    /// Gap between native heartbeats (varied by ±20 %), e.g. 500ms
+    #[arg(long, value_name = "DURATION", env = "MSD_HEARTBEAT_INTERVAL", default_value = "500ms")]
+    pub(crate) heartbeat_interval: String,
+
+    /// How long discoverers keep this instance without another packet, e.g. 2s
+    #[arg(long, value_name = "DURATION", env = "MSD_TTL", default_value = "2s")]
+    pub(crate) ttl: String,
+
+    /// Health announced at start: serving, draining or failing
+    #[arg(long, value_name = "HEALTH", env = "MSD_HEALTH", default_value = "serving")]
+    pub(crate) health: String,
+
+    /// Weight announced for load balancing
+    #[arg(long, value_name = "WEIGHT", env = "MSD_WEIGHT")]
+    pub(crate) weight: Option<u32>,
+
+    /// Load announced at start, in units the service chooses
+    #[arg(long, value_name = "LOAD", env = "MSD_LOAD")]
+    pub(crate) load: Option<u32>,
+
+    /// Metadata entry KEY=VALUE; repeat for several
+    #[arg(long = "metadata", short = 'm', value_name = "KEY=VALUE")]
+    pub(crate) metadata: Vec<String>,
 }
 
 #[derive(Debug, Args)]

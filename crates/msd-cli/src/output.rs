@@ -24,6 +24,14 @@ pub(crate) struct InstanceJson {
     pub(crate) id: String,
     pub(crate) url: String,
     pub(crate) protocol: &'static str,
+    pub(crate) health: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) weight: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) load: Option<u32>,
+    pub(crate) metadata: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) incarnation: Option<u64>,
     pub(crate) interface: String,
     pub(crate) source: String,
     /// Milliseconds since the instance was first heard.
@@ -37,7 +45,12 @@ impl InstanceJson {
         InstanceJson {
             id: info.id.clone(),
             url: info.url.clone(),
-            protocol: "seed",
+            protocol: info.protocol.as_str(),
+            health: info.health.as_str(),
+            weight: info.weight,
+            load: info.load,
+            metadata: info.metadata.clone(),
+            incarnation: info.incarnation,
             interface: interface_label(info),
             source: info.source.to_string(),
             age_ms: now.saturating_duration_since(info.first_seen).as_millis(),
@@ -77,13 +90,15 @@ pub(crate) fn interface_label(info: &InstanceInfo) -> String {
 
 /// Formats the table `browse` and `demo` print.
 pub(crate) fn table(instances: &[InstanceInfo], now: Instant) -> String {
-    let headers = ["ID", "URL", "INTERFACE", "SOURCE", "AGE"];
-    let rows: Vec<[String; 5]> = instances
+    let headers = ["ID", "URL", "HEALTH", "LOAD", "INTERFACE", "SOURCE", "AGE"];
+    let rows: Vec<[String; 7]> = instances
         .iter()
         .map(|info| {
             [
                 info.id.clone(),
                 info.url.clone(),
+                info.health.to_string(),
+                info.load.map_or_else(|| "-".to_owned(), |load| load.to_string()),
                 interface_label(info),
                 info.source.to_string(),
                 format!("{:.1}s", now.saturating_duration_since(info.first_seen).as_secs_f64()),
@@ -134,6 +149,14 @@ mod tests {
             id: "web-1".into(),
             url: "http://10.0.0.7:8080".into(),
             protocol: msd::Protocol::Seed,
+            health: msd::Health::Serving,
+            weight: None,
+            load: None,
+            metadata: Default::default(),
+            incarnation: None,
+            sequence: None,
+            ttl: None,
+            key_id: None,
             interface: msd::InterfaceIndex(u32::MAX),
             source: "10.0.0.7:40000".parse().unwrap(),
             first_seen: now,
@@ -143,7 +166,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("ID     URL"), "{text}");
-        assert!(lines[1].starts_with("web-1  http://10.0.0.7:8080"), "{text}");
+        assert!(lines[1].starts_with("web-1  http://10.0.0.7:8080  serving  -"), "{text}");
         assert!(lines[1].contains("#4294967295"), "unknown interface index shown as a number: {text}");
     }
 }

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use msd::{GroupId, InterfaceSelection, IpVersion};
+use msd::{GroupId, InterfaceSelection, IpVersion, KeyRing, ProtocolMode};
 
 use crate::args::NetworkArgs;
 use crate::exit::CliError;
@@ -16,6 +16,8 @@ pub(crate) struct Network {
     pub(crate) ip: IpVersion,
     pub(crate) ipv4_group: Option<Ipv4Addr>,
     pub(crate) port: u16,
+    pub(crate) protocols: ProtocolMode,
+    pub(crate) keys: Option<KeyRing>,
 }
 
 impl Network {
@@ -29,24 +31,53 @@ impl Network {
         if args.port == 0 {
             return Err(usage("invalid port 0: the group needs a fixed port; omit --port to use 53566".into()));
         }
-        Ok(Network { group, interfaces, ip, ipv4_group, port: args.port })
+        let protocols: ProtocolMode = args.protocol.trim().parse().map_err(usage)?;
+        let keys = args.key_file.as_deref().map(read_key_file).transpose()?;
+        if keys.is_some() && protocols == ProtocolMode::Seed {
+            return Err(usage("invalid --protocol seed with --key-file: the seed protocol cannot be authenticated; use native".into()));
+        }
+        Ok(Network { group, interfaces, ip, ipv4_group, port: args.port, protocols, keys })
     }
 
     pub(crate) fn apply_instance(&self, mut builder: msd::InstanceBuilder) -> msd::InstanceBuilder {
-        builder = builder.interfaces(self.interfaces.clone()).ip_version(self.ip).port(self.port);
+        builder = builder.interfaces(self.interfaces.clone()).ip_version(self.ip).port(self.port).protocols(self.protocols);
         if let Some(address) = self.ipv4_group {
             builder = builder.ipv4_group(address);
+        }
+        if let Some(keys) = &self.keys {
+            builder = builder.keys(keys.clone());
         }
         builder
     }
 
     pub(crate) fn apply_discoverer(&self, mut builder: msd::DiscovererBuilder) -> msd::DiscovererBuilder {
-        builder = builder.interfaces(self.interfaces.clone()).ip_version(self.ip).port(self.port);
+        builder = builder.interfaces(self.interfaces.clone()).ip_version(self.ip).port(self.port).protocols(self.protocols);
         if let Some(address) = self.ipv4_group {
             builder = builder.ipv4_group(address);
         }
+        if let Some(keys) = &self.keys {
+            builder = builder.keys(keys.clone());
+        }
         builder
     }
+}
+
+/// Reads a key ring file. Errors name the file and line, never key material.
+pub(crate) fn read_key_file(path: &std::path::Path) -> Result<KeyRing, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| usage(format!("failed to read key file {}: {error}", path.display())))?;
+    KeyRing::parse(&text).map_err(|error| usage(format!("invalid key file {}: {error}", path.display())))
+}
+
+/// Parses `--metadata KEY=VALUE` entries.
+pub(crate) fn parse_metadata(entries: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    entries
+        .iter()
+        .map(|entry| match entry.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+            _ => Err(usage(format!("invalid --metadata {entry:?}: write it as KEY=VALUE, e.g. zone=eu-1"))),
+        })
+        .collect()
 }
 
 fn parse_ipv4_group(text: &str) -> Result<Ipv4Addr, CliError> {
@@ -89,7 +120,15 @@ mod tests {
     use super::*;
 
     fn network(group: &str) -> NetworkArgs {
-        NetworkArgs { group: group.into(), interfaces: vec![], ipv4: false, ipv4_group: None, port: 53566 }
+        NetworkArgs {
+            group: group.into(),
+            interfaces: vec![],
+            ipv4: false,
+            ipv4_group: None,
+            port: 53566,
+            protocol: "both".into(),
+            key_file: None,
+        }
     }
 
     #[test]
@@ -109,12 +148,23 @@ mod tests {
             ("bad duration", parse_duration("--timeout", "soon").map(|_| ()), "\"soon\""),
             ("zero duration", parse_duration("--timeout", "0s").map(|_| ()), "greater than zero"),
             ("unicast ipv4 group", parse_ipv4_group("10.0.0.1").map(|_| ()), "10.0.0.1"),
+            ("metadata without =", parse_metadata(&["zone".into()]).map(|_| ()), "\"zone\""),
+            ("metadata without key", parse_metadata(&["=x".into()]).map(|_| ()), "KEY=VALUE"),
+            ("missing key file", read_key_file(std::path::Path::new("/nonexistent/msd.keys")).map(|_| ()), "/nonexistent/msd.keys"),
         ];
         for (name, result, fragment) in cases {
             let error = result.expect_err(name);
             assert!(matches!(error, CliError::Usage(_)), "{name}: {error:?}");
             assert!(error.to_string().contains(fragment), "{name}: {error}");
         }
+    }
+
+    #[test]
+    fn unknown_protocol_rejected() {
+        let mut args = network("55c545258c440a731a50810425bc");
+        args.protocol = "udp".into();
+        let error = Network::from_args(&args).unwrap_err();
+        assert!(error.to_string().contains("\"udp\""), "{error}");
     }
 
     #[test]

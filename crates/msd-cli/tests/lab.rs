@@ -144,7 +144,7 @@ fn several_processes_per_host() {
     let host = lab.host(0);
     let quiet = |id: &str| {
         let url = format!("http://{}:8080/{id}", host.ipv4());
-        msd(host, &["announce", "--group", GROUP, "--id", id, "--url", &url, "--announce-interval", "1h"])
+        msd(host, &["announce", "--group", GROUP, "--id", id, "--url", &url, "--announce-interval", "1h", "--heartbeat-interval", "1h", "--ttl", "2h"])
     };
     let first = quiet("first");
     let second = quiet("second");

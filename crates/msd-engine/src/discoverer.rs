@@ -2,60 +2,113 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
+use msd_wire::keys::KeyRing;
+use msd_wire::native::{Health, NativeKind, NativePacket, Verify};
 use msd_wire::seed::{SeedHost, SeedKind, SeedPacket};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
+use msd_wire::{GroupId, Packet};
 use tracing::{debug, trace};
 
+use crate::clock::WallClock;
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::schedule::Backoff;
 use crate::{
-    Destination, DownReason, Event, InstanceInfo, InterfaceIndex, Protocol, Received, Stats,
-    Transmit,
+    Destination, DownReason, Event, InstanceInfo, InterfaceIndex, Protocol, ProtocolMode, Received,
+    Stats, Transmit,
 };
 
 /// Settings of a [`Discoverer`]. `docs/defaults.md` explains each default.
 #[derive(Debug, Clone)]
 pub struct DiscovererConfig {
+    /// The service's group; native packets of other groups are dropped as `other_group`.
+    pub group: GroupId,
+    /// Protocols sent and accepted. Default: both. With `keys` set only authenticated native
+    /// packets are accepted, whatever this says.
+    pub protocols: ProtocolMode,
+    /// Keys that authenticate packets. When set, every packet must carry a valid tag.
+    pub keys: Option<KeyRing>,
     /// DISCOVER rounds sent right after start, so that one lost packet costs little. Default 3.
     pub startup_discovers: u32,
     /// Gap before the second startup round; each later gap doubles. Default 250 ms.
     pub startup_discover_spacing: Duration,
     /// Gap between periodic DISCOVER rounds after startup. Default 20 s.
     pub discover_interval: Duration,
-    /// Silence after which an instance is suspected and probed. Default 65 s: more than three
-    /// discover intervals, so an instance survives two lost rounds before it is even probed.
+    /// Silence after which an instance heard only in the seed protocol is probed. Default 65 s:
+    /// more than three discover intervals. Native instances announce their own TTL instead.
     pub expire_after: Duration,
-    /// Direct (unicast) DISCOVERs sent to a suspected instance before it is expired. Default 3.
+    /// Bounds applied to the TTL a native instance announces. Default 100 ms to 1 h.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// Direct (unicast) probes sent to an overdue instance before it is expired. Default 3.
     pub probes: u32,
     /// Gap between probes, and the wait after the last one. Default 300 ms.
     pub probe_interval: Duration,
     /// Maximum instances tracked; announcements of further ids are dropped and counted as
     /// `instance_limit`. Default 10,000.
     pub max_instances: NonZeroUsize,
+    /// Datagrams larger than this are dropped as `too_large`. Default 8,192 bytes.
+    pub max_packet_size: usize,
+    /// Average packets per second accepted from one source address and port; 0 disables the
+    /// limit. Default 50.
+    pub rate_limit: u32,
+    /// Packets one source may send at once before the rate limit applies. Default 100.
+    pub rate_burst: u32,
+    /// Authenticated packets whose sender clock differs from ours by more are dropped as
+    /// `stale_timestamp`, so a captured packet cannot be replayed later. Default 30 s.
+    pub max_clock_skew: Duration,
+    /// How long the last incarnation and sequence number of a removed instance are kept, so a
+    /// late or replayed packet cannot bring it back. Default 60 s, twice `max_clock_skew`.
+    pub tombstone_ttl: Duration,
     /// Seed of the random number generator, so that runs can be replayed.
     pub rng_seed: u64,
 }
 
-impl Default for DiscovererConfig {
-    fn default() -> Self {
+impl DiscovererConfig {
+    pub fn new(group: GroupId) -> Self {
         DiscovererConfig {
+            group,
+            protocols: ProtocolMode::Both,
+            keys: None,
             startup_discovers: 3,
             startup_discover_spacing: Duration::from_millis(250),
             discover_interval: Duration::from_secs(20),
             expire_after: Duration::from_secs(65),
+            min_ttl: Duration::from_millis(100),
+            max_ttl: Duration::from_secs(3600),
             probes: 3,
             probe_interval: Duration::from_millis(300),
             max_instances: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            max_packet_size: 8192,
+            rate_limit: 50,
+            rate_burst: 100,
+            max_clock_skew: Duration::from_secs(30),
+            tombstone_ttl: Duration::from_secs(60),
             rng_seed: 0,
         }
     }
-}
 
-impl DiscovererConfig {
-    /// Returns the longest time between an instance's last packet and its removal when it
-    /// crashed: `expire_after + probes × probe_interval`.
+    /// Returns the longest time between the last packet of a seed instance and its removal when
+    /// it crashed: `expire_after + probes × probe_interval`.
     pub fn crash_detection_bound(&self) -> Duration {
-        self.expire_after + self.probe_interval * self.probes
+        self.expire_after + self.probe_time()
+    }
+
+    /// Returns the same bound for a native instance that announced `ttl`:
+    /// `clamp(ttl) + probes × probe_interval`.
+    pub fn native_crash_detection_bound(&self, ttl: Duration) -> Duration {
+        ttl.clamp(self.min_ttl, self.max_ttl) + self.probe_time()
+    }
+
+    fn probe_time(&self) -> Duration {
+        self.probe_interval * self.probes
+    }
+
+    /// Returns the protocols in effect: native only when keys are set.
+    pub fn effective_protocols(&self) -> ProtocolMode {
+        if self.keys.is_some() {
+            ProtocolMode::Native
+        } else {
+            self.protocols
+        }
     }
 }
 
@@ -69,6 +122,14 @@ struct Entry {
     probes_sent: u32,
 }
 
+/// The last incarnation and sequence number of a removed instance.
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    incarnation: u64,
+    sequence: u64,
+    until: Instant,
+}
+
 /// The sans-IO discoverer: keeps the table of live instances of one group.
 ///
 /// Call order: create it with [`Discoverer::new`], tell it about interfaces with
@@ -79,33 +140,41 @@ struct Entry {
 #[derive(Debug)]
 pub struct Discoverer {
     config: DiscovererConfig,
-    #[expect(dead_code, reason = "reserved for answer jitter of later protocol versions")]
-    rng: StdRng,
+    protocols: ProtocolMode,
+    clock: WallClock,
     interfaces: BTreeSet<InterfaceIndex>,
     entries: HashMap<String, Entry>,
     /// Deadlines of all entries, earliest first.
     deadlines: BTreeMap<(Instant, u64), String>,
+    tombstones: HashMap<String, Tombstone>,
     next_serial: u64,
     discover_schedule: Backoff,
+    rate_limiter: RateLimiter,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
 }
 
 impl Discoverer {
-    pub fn new(config: DiscovererConfig, now: Instant) -> Self {
+    /// Creates a discoverer. `unix_ms` is the wall clock at `now`, in milliseconds since the Unix
+    /// epoch; later wall times are derived from `now`, so the engine never reads a clock.
+    pub fn new(config: DiscovererConfig, now: Instant, unix_ms: u64) -> Self {
         let discover_schedule = Backoff::new(
             now,
             config.startup_discovers,
             config.startup_discover_spacing,
             config.discover_interval,
         );
+        let max_sources = config.max_instances.get().saturating_mul(4);
         Discoverer {
-            rng: StdRng::seed_from_u64(config.rng_seed),
+            protocols: config.effective_protocols(),
+            rate_limiter: RateLimiter::new(config.rate_limit, config.rate_burst, max_sources),
+            clock: WallClock::new(now, unix_ms),
             config,
             interfaces: BTreeSet::new(),
             entries: HashMap::new(),
             deadlines: BTreeMap::new(),
+            tombstones: HashMap::new(),
             next_serial: 0,
             discover_schedule,
             transmits: VecDeque::new(),
@@ -125,7 +194,7 @@ impl Discoverer {
         if added {
             debug!(%interface, "discoverer interface added");
             if !round_sent {
-                self.queue_discover(interface);
+                self.queue_discover(now, interface);
             }
         }
         self.handle_timeout(now);
@@ -142,41 +211,76 @@ impl Discoverer {
         self.interfaces.iter().copied()
     }
 
-    /// Processes one datagram. Invalid datagrams are counted in [`Stats::rejected`] and change
-    /// nothing else.
+    /// Processes one datagram. Invalid or unwanted datagrams are counted in [`Stats::rejected`]
+    /// and change nothing else.
     pub fn handle_datagram(&mut self, now: Instant, datagram: Received<'_>) {
-        let packet = match SeedPacket::decode(datagram.payload) {
-            Ok(packet) => packet,
-            Err(error) => {
-                self.stats.reject(error.kind());
-                debug!(source = %datagram.source, %error, "dropped invalid datagram");
-                return;
-            }
-        };
-        self.stats.received.count(packet.kind);
-        trace!(source = %datagram.source, kind = ?packet.kind, "received");
+        if datagram.payload.len() > self.config.max_packet_size {
+            self.reject("too_large", &datagram);
+            return;
+        }
+        match self.rate_limiter.check(now, datagram.source) {
+            Verdict::Allowed => {}
+            Verdict::Limited => return self.reject("rate_limit", &datagram),
+            Verdict::Untracked => self.stats.reject("rate_table_full"),
+        }
+        let verify = self.config.keys.as_ref().map_or(Verify::No, Verify::With);
+        match Packet::decode(datagram.payload, verify) {
+            Err(error) => self.reject(error.kind(), &datagram),
+            Ok(Packet::Seed(packet)) if self.protocols.seed() => self.handle_seed(now, packet, &datagram),
+            Ok(Packet::Native(packet)) if self.protocols.native() => self.handle_native(now, &packet, &datagram),
+            Ok(_) => self.reject("protocol_disabled", &datagram),
+        }
+    }
 
+    fn reject(&mut self, reason: &'static str, datagram: &Received<'_>) {
+        self.stats.reject(reason);
+        debug!(source = %datagram.source, reason, "dropped datagram");
+    }
+
+    fn handle_seed(&mut self, now: Instant, packet: SeedPacket<'_>, datagram: &Received<'_>) {
+        self.stats.received_seed.count_seed(packet.kind);
+        trace!(source = %datagram.source, kind = ?packet.kind, "received seed packet");
+        let native_entry =
+            |id: &str| self.entries.get(id).is_some_and(|entry| entry.info.protocol == Protocol::Native);
         match (packet.kind, packet.host) {
-            (SeedKind::Announce, Some(host)) => self.upsert(now, host, &datagram),
-            (SeedKind::Logoff, Some(host)) => self.remove(host.id, DownReason::Logoff),
-            (SeedKind::Announce | SeedKind::Logoff, None) => {
-                self.stats.reject("no_host");
-                debug!(source = %datagram.source, "dropped announce or logoff without a host");
-            }
+            // A native entry is richer; the same instance's seed packets do not change it.
+            (SeedKind::Announce | SeedKind::Logoff, Some(host)) if native_entry(host.id) => {}
+            (SeedKind::Announce, Some(host)) => self.seed_upsert(now, host, datagram),
+            (SeedKind::Logoff, Some(host)) => self.remove(now, host.id, DownReason::Logoff),
+            (SeedKind::Announce | SeedKind::Logoff, None) => self.reject("no_host", datagram),
             (SeedKind::Discover | SeedKind::Other(_), _) => {}
+        }
+    }
+
+    fn handle_native(&mut self, now: Instant, packet: &NativePacket<'_>, datagram: &Received<'_>) {
+        if packet.group != Some(self.config.group) {
+            return self.reject("other_group", datagram);
+        }
+        if self.config.keys.is_some() && !self.clock.within(now, packet.timestamp_ms, self.config.max_clock_skew) {
+            return self.reject("stale_timestamp", datagram);
+        }
+        let Some(kind) = packet.kind else { return };
+        self.stats.received_native.count_native(kind);
+        trace!(source = %datagram.source, ?kind, "received native packet");
+        match kind {
+            NativeKind::Announce => self.native_upsert(now, packet, datagram),
+            NativeKind::Logoff => self.native_logoff(now, packet, datagram),
+            NativeKind::Discover | NativeKind::Probe => {}
         }
     }
 
     /// Sends DISCOVERs that are due and probes or expires overdue instances.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.send_due_discovers(now);
-
         while let Some((&(deadline, serial), _)) = self.deadlines.first_key_value() {
             if deadline > now {
                 break;
             }
             let Some((_, id)) = self.deadlines.pop_first() else { break };
             self.handle_overdue(now, id, serial);
+        }
+        if self.tombstones.len() > self.config.max_instances.get() {
+            self.tombstones.retain(|_, tombstone| tombstone.until > now);
         }
     }
 
@@ -216,55 +320,155 @@ impl Discoverer {
         &self.stats
     }
 
-    fn upsert(&mut self, now: Instant, host: SeedHost<'_>, datagram: &Received<'_>) {
+    fn seed_upsert(&mut self, now: Instant, host: SeedHost<'_>, datagram: &Received<'_>) {
         let deadline = now + self.config.expire_after;
         if let Some(entry) = self.entries.get_mut(host.id) {
             let previous = (entry.info.url != host.url).then(|| entry.info.clone());
             entry.info.url.replace_range(.., host.url);
-            entry.info.last_seen = now;
-            entry.info.source = datagram.source;
-            entry.info.interface = datagram.interface;
-            entry.probes_sent = 0;
-            let old_key = (entry.deadline, entry.serial);
-            entry.deadline = deadline;
-            let new_key = (deadline, entry.serial);
+            refresh(entry, now, datagram);
             if let Some(previous) = previous {
                 debug!(id = host.id, url = host.url, "instance changed");
                 self.events.push_back(Event::Changed { previous, current: entry.info.clone() });
             }
-            if let Some(id) = self.deadlines.remove(&old_key) {
-                self.deadlines.insert(new_key, id);
-            }
-            return;
-        }
-
-        if self.entries.len() >= self.config.max_instances.get() {
-            self.stats.reject("instance_limit");
-            debug!(id = host.id, source = %datagram.source, "dropped announce: instance limit reached");
+            let serial = entry.serial;
+            self.reschedule(host.id, serial, deadline);
             return;
         }
         let info = InstanceInfo {
             id: host.id.to_owned(),
             url: host.url.to_owned(),
             protocol: Protocol::Seed,
+            health: Health::Serving,
+            weight: None,
+            load: None,
+            metadata: BTreeMap::new(),
+            incarnation: None,
+            sequence: None,
+            ttl: None,
+            key_id: None,
             interface: datagram.interface,
             source: datagram.source,
             first_seen: now,
             last_seen: now,
         };
+        self.insert(info, deadline, datagram);
+    }
+
+    fn native_upsert(&mut self, now: Instant, packet: &NativePacket<'_>, datagram: &Received<'_>) {
+        let (Some(id), Some(incarnation), Some(sequence), Some(ttl_ms), Some(url)) =
+            (packet.id, packet.incarnation, packet.sequence, packet.ttl_ms, packet.url)
+        else {
+            return self.reject("missing_field", datagram);
+        };
+        let ttl = Duration::from_millis(u64::from(ttl_ms)).clamp(self.config.min_ttl, self.config.max_ttl);
+        let deadline = now + ttl;
+
+        if let Some(entry) = self.entries.get_mut(id) {
+            if let Some(reason) = order_violation(&entry.info, incarnation, sequence) {
+                return self.reject(reason, datagram);
+            }
+            let previous = entry.info.clone();
+            apply_native(&mut entry.info, packet, url, incarnation, sequence, ttl);
+            refresh(entry, now, datagram);
+            if content_differs(&previous, &entry.info) {
+                debug!(id, url, incarnation, health = %entry.info.health, "instance changed");
+                self.events.push_back(Event::Changed { previous, current: entry.info.clone() });
+            }
+            let serial = entry.serial;
+            self.reschedule(id, serial, deadline);
+            return;
+        }
+
+        if let Some(tombstone) = self.tombstones.get(id).copied() {
+            if tombstone.until > now && (incarnation, sequence) <= (tombstone.incarnation, tombstone.sequence) {
+                let reason = if incarnation < tombstone.incarnation { "old_incarnation" } else { "old_sequence" };
+                return self.reject(reason, datagram);
+            }
+            self.tombstones.remove(id);
+        }
+        let mut info = InstanceInfo {
+            id: id.to_owned(),
+            url: String::new(),
+            protocol: Protocol::Native,
+            health: Health::Serving,
+            weight: None,
+            load: None,
+            metadata: BTreeMap::new(),
+            incarnation: None,
+            sequence: None,
+            ttl: None,
+            key_id: None,
+            interface: datagram.interface,
+            source: datagram.source,
+            first_seen: now,
+            last_seen: now,
+        };
+        apply_native(&mut info, packet, url, incarnation, sequence, ttl);
+        self.insert(info, deadline, datagram);
+    }
+
+    fn native_logoff(&mut self, now: Instant, packet: &NativePacket<'_>, datagram: &Received<'_>) {
+        let (Some(id), Some(incarnation), Some(sequence)) = (packet.id, packet.incarnation, packet.sequence) else {
+            return self.reject("missing_field", datagram);
+        };
+        if let Some(entry) = self.entries.get(id) {
+            if let Some(reason) = order_violation(&entry.info, incarnation, sequence) {
+                return self.reject(reason, datagram);
+            }
+        } else if let Some(tombstone) = self.tombstones.get(id) {
+            if (incarnation, sequence) <= (tombstone.incarnation, tombstone.sequence) {
+                return self.reject("old_sequence", datagram);
+            }
+        }
+        self.remove(now, id, DownReason::Logoff);
+        self.bury(now, id, incarnation, sequence);
+    }
+
+    fn insert(&mut self, info: InstanceInfo, deadline: Instant, datagram: &Received<'_>) {
+        if self.entries.len() >= self.config.max_instances.get() {
+            self.stats.reject("instance_limit");
+            debug!(id = %info.id, source = %datagram.source, "dropped announce: instance limit reached");
+            return;
+        }
         let serial = self.next_serial;
         self.next_serial += 1;
-        debug!(id = host.id, url = host.url, source = %datagram.source, "instance up");
+        debug!(id = %info.id, url = %info.url, protocol = info.protocol.as_str(), source = %datagram.source, "instance up");
         self.deadlines.insert((deadline, serial), info.id.clone());
         self.events.push_back(Event::Up(info.clone()));
         self.entries.insert(info.id.clone(), Entry { info, serial, deadline, probes_sent: 0 });
     }
 
-    fn remove(&mut self, id: &str, reason: DownReason) {
+    fn reschedule(&mut self, id: &str, serial: u64, deadline: Instant) {
+        let Some(entry) = self.entries.get_mut(id) else { return };
+        if let Some(key) = self.deadlines.remove(&(entry.deadline, serial)) {
+            self.deadlines.insert((deadline, serial), key);
+        }
+        entry.deadline = deadline;
+    }
+
+    fn remove(&mut self, now: Instant, id: &str, reason: DownReason) {
         let Some(entry) = self.entries.remove(id) else { return };
         self.deadlines.remove(&(entry.deadline, entry.serial));
+        if let (Some(incarnation), Some(sequence)) = (entry.info.incarnation, entry.info.sequence) {
+            self.bury(now, id, incarnation, sequence);
+        }
         debug!(id, %reason, "instance down");
         self.events.push_back(Event::Down { instance: entry.info, reason });
+    }
+
+    fn bury(&mut self, now: Instant, id: &str, incarnation: u64, sequence: u64) {
+        if self.tombstones.len() >= self.config.max_instances.get() && !self.tombstones.contains_key(id) {
+            self.tombstones.retain(|_, tombstone| tombstone.until > now);
+            if self.tombstones.len() >= self.config.max_instances.get() {
+                self.stats.reject("tombstone_limit");
+                return;
+            }
+        }
+        let until = now + self.config.tombstone_ttl;
+        let tombstone = self.tombstones.entry(id.to_owned()).or_insert(Tombstone { incarnation, sequence, until });
+        if (incarnation, sequence) >= (tombstone.incarnation, tombstone.sequence) {
+            *tombstone = Tombstone { incarnation, sequence, until };
+        }
     }
 
     fn handle_overdue(&mut self, now: Instant, id: String, serial: u64) {
@@ -273,15 +477,19 @@ impl Discoverer {
             return;
         }
         if entry.probes_sent >= self.config.probes {
-            self.remove(&id, DownReason::Expired);
+            self.remove(now, &id, DownReason::Expired);
             return;
         }
         entry.probes_sent += 1;
         entry.deadline = now + self.config.probe_interval;
         let source = entry.info.source;
+        let protocol = entry.info.protocol;
         trace!(id = %id, %source, probe = entry.probes_sent, "probing overdue instance");
-        self.deadlines.insert((entry.deadline, serial), id);
-        self.queue(Destination::Unicast(source), SeedPacket::DISCOVER);
+        self.deadlines.insert((entry.deadline, serial), id.clone());
+        match protocol {
+            Protocol::Native => self.queue_native(now, Destination::Unicast(source), NativeKind::Probe, Some(&id)),
+            Protocol::Seed => self.queue_seed(Destination::Unicast(source), SeedPacket::DISCOVER),
+        }
     }
 
     /// Sends the DISCOVER rounds that are due on every interface; returns whether any was.
@@ -290,7 +498,7 @@ impl Discoverer {
         while self.discover_schedule.due(now) {
             let interfaces: Vec<_> = self.interfaces.iter().copied().collect();
             for interface in interfaces {
-                self.queue_discover(interface);
+                self.queue_discover(now, interface);
             }
             self.discover_schedule.advance();
             sent = true;
@@ -298,14 +506,91 @@ impl Discoverer {
         sent
     }
 
-    fn queue_discover(&mut self, interface: InterfaceIndex) {
-        self.queue(Destination::Group { interface }, SeedPacket::DISCOVER);
+    fn queue_discover(&mut self, now: Instant, interface: InterfaceIndex) {
+        let destination = Destination::Group { interface };
+        if self.protocols.native() {
+            self.queue_native(now, destination, NativeKind::Discover, None);
+        }
+        if self.protocols.seed() {
+            self.queue_seed(destination, SeedPacket::DISCOVER);
+        }
     }
 
-    fn queue(&mut self, destination: Destination, packet: SeedPacket<'_>) {
+    fn queue_seed(&mut self, destination: Destination, packet: SeedPacket<'_>) {
         // DISCOVER has no variable fields, so encoding cannot fail.
         let Ok(payload) = packet.to_vec() else { return };
-        self.stats.sent.count(packet.kind);
+        self.stats.sent_seed.count_seed(packet.kind);
         self.transmits.push_back(Transmit { destination, payload });
     }
+
+    fn queue_native(&mut self, now: Instant, destination: Destination, kind: NativeKind, id: Option<&str>) {
+        let packet = NativePacket {
+            kind: Some(kind),
+            group: Some(self.config.group),
+            timestamp_ms: self.clock.unix_ms(now),
+            id,
+            ..NativePacket::default()
+        };
+        let key = self.config.keys.as_ref().map(KeyRing::primary);
+        // The only variable field is an id that came from a valid packet, so this cannot fail.
+        let Ok(payload) = packet.to_vec(key) else { return };
+        self.stats.sent_native.count_native(kind);
+        self.transmits.push_back(Transmit { destination, payload });
+    }
+}
+
+fn refresh(entry: &mut Entry, now: Instant, datagram: &Received<'_>) {
+    entry.info.last_seen = now;
+    entry.info.source = datagram.source;
+    entry.info.interface = datagram.interface;
+    entry.probes_sent = 0;
+}
+
+/// Returns why a native packet is older than what an entry already holds, if it is.
+fn order_violation(info: &InstanceInfo, incarnation: u64, sequence: u64) -> Option<&'static str> {
+    let (Some(known_incarnation), Some(known_sequence)) = (info.incarnation, info.sequence) else {
+        return None;
+    };
+    if incarnation < known_incarnation {
+        Some("old_incarnation")
+    } else if incarnation == known_incarnation && sequence <= known_sequence {
+        Some("old_sequence")
+    } else {
+        None
+    }
+}
+
+fn apply_native(
+    info: &mut InstanceInfo,
+    packet: &NativePacket<'_>,
+    url: &str,
+    incarnation: u64,
+    sequence: u64,
+    ttl: Duration,
+) {
+    info.protocol = Protocol::Native;
+    info.url.replace_range(.., url);
+    info.health = packet.health.unwrap_or_default();
+    info.weight = packet.weight;
+    info.load = packet.load;
+    if info.metadata.len() != packet.metadata.len()
+        || info.metadata.iter().zip(&packet.metadata).any(|((k1, v1), (k2, v2))| k1 != k2 || v1 != v2)
+    {
+        info.metadata = packet.metadata.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+    }
+    info.incarnation = Some(incarnation);
+    info.sequence = Some(sequence);
+    info.ttl = Some(ttl);
+    info.key_id = packet.key_id;
+}
+
+/// Returns whether two states of an instance differ in what its users see.
+fn content_differs(a: &InstanceInfo, b: &InstanceInfo) -> bool {
+    a.url != b.url
+        || a.protocol != b.protocol
+        || a.health != b.health
+        || a.weight != b.weight
+        || a.load != b.load
+        || a.metadata != b.metadata
+        || a.incarnation != b.incarnation
 }

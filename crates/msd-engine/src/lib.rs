@@ -9,15 +9,18 @@
 //! use std::net::SocketAddr;
 //! use std::time::Instant;
 //! use msd_engine::{Discoverer, DiscovererConfig, Event, Instance, InstanceConfig, InterfaceIndex, Received};
+//! use msd_wire::GroupId;
 //!
-//! let now = Instant::now();
+//! let group: GroupId = "55c545258c440a731a50810425bc".parse()?;
+//! let (now, unix_ms) = (Instant::now(), 1_800_000_000_000);
 //! let interface = InterfaceIndex(2);
-//! let mut instance = Instance::new(InstanceConfig::new("deadbeef", "http://10.0.0.7:8080"), now)?;
-//! let mut discoverer = Discoverer::new(DiscovererConfig::default(), now);
+//! let config = InstanceConfig::new(group, "deadbeef", "http://10.0.0.7:8080");
+//! let mut instance = Instance::new(config, now, unix_ms)?;
+//! let mut discoverer = Discoverer::new(DiscovererConfig::new(group), now, unix_ms);
 //! instance.add_interface(now, interface);
 //! discoverer.add_interface(now, interface);
 //!
-//! // Deliver the instance's first ANNOUNCE to the discoverer.
+//! // Deliver the instance's first ANNOUNCE (native, then seed) to the discoverer.
 //! let announce = instance.poll_transmit().expect("an announce on the new interface");
 //! let source: SocketAddr = "[fe80::1%2]:41000".parse()?;
 //! discoverer.handle_datagram(now, Received { source, interface, payload: &announce.payload });
@@ -27,18 +30,22 @@
 //!
 //! # Limitations
 //!
-//! The seed protocol carries no incarnation, so a late ANNOUNCE of a stopped instance can bring it
-//! back until it expires again.
+//! The seed protocol carries no incarnation, so a late seed ANNOUNCE of a stopped instance can
+//! bring it back until it expires again. The native protocol does not have this problem.
 
+mod clock;
 mod discoverer;
 mod instance;
+mod ratelimit;
 mod schedule;
 mod stats;
 mod types;
 
 pub use discoverer::{Discoverer, DiscovererConfig};
-pub use instance::{Instance, InstanceConfig};
+pub use instance::{Instance, InstanceConfig, LogoffTemplate};
+pub use msd_wire::native::Health;
 pub use stats::{KindCounts, Stats};
 pub use types::{
-    Destination, DownReason, Event, InstanceInfo, InterfaceIndex, Protocol, Received, Transmit,
+    Destination, DownReason, Event, InstanceInfo, InterfaceIndex, Protocol, ProtocolMode, Received,
+    Transmit,
 };

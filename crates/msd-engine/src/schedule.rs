@@ -36,10 +36,14 @@ impl Backoff {
         }
     }
 
-    /// Restarts the startup rounds from `now`, as after an interface comes back.
-    #[allow(dead_code)]
-    pub(crate) fn restart(&mut self, now: Instant, startup_rounds: u32, spacing: Duration) {
-        *self = Backoff::new(now, startup_rounds, spacing, self.interval);
+    /// Like [`Backoff::advance`], but a steady round comes `steady` after the previous one
+    /// instead of the fixed interval, for jittered heartbeats.
+    pub(crate) fn advance_with(&mut self, steady: Duration) {
+        if self.startup_left > 0 {
+            self.advance();
+        } else {
+            self.next += steady.max(Duration::from_millis(1));
+        }
     }
 }
 

@@ -1,6 +1,10 @@
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use msd_wire::keys::KeyId;
+use msd_wire::native::Health;
 
 /// The operating system's index of a network interface, as `if_nametoindex` returns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +50,52 @@ pub struct Received<'a> {
 pub enum Protocol {
     /// The format of the Node.js library msd grew from.
     Seed,
+    /// msd's own format.
+    Native,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Seed => "seed",
+            Protocol::Native => "native",
+        }
+    }
+}
+
+/// Which protocols an instance sends, or a discoverer accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ProtocolMode {
+    /// The seed protocol only.
+    Seed,
+    /// The native protocol only.
+    Native,
+    /// Both: instances send every announcement in both formats, discoverers accept both.
+    #[default]
+    Both,
+}
+
+impl ProtocolMode {
+    pub fn seed(self) -> bool {
+        matches!(self, ProtocolMode::Seed | ProtocolMode::Both)
+    }
+
+    pub fn native(self) -> bool {
+        matches!(self, ProtocolMode::Native | ProtocolMode::Both)
+    }
+}
+
+impl std::str::FromStr for ProtocolMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "seed" => Ok(ProtocolMode::Seed),
+            "native" => Ok(ProtocolMode::Native),
+            "both" => Ok(ProtocolMode::Both),
+            other => Err(format!("invalid protocol {other:?}: expected seed, native or both")),
+        }
+    }
 }
 
 /// What a discoverer knows about one live instance.
@@ -53,7 +103,24 @@ pub enum Protocol {
 pub struct InstanceInfo {
     pub id: String,
     pub url: String,
+    /// The protocol of the packets the entry is built from. Once an instance has been heard in
+    /// the native protocol, its seed packets only refresh it.
     pub protocol: Protocol,
+    /// Health as the instance reports it; always `Serving` for the seed protocol.
+    pub health: Health,
+    /// Weight for balancing, as the instance reports it.
+    pub weight: Option<u32>,
+    /// Load, in units the service chooses (for example active requests), as reported.
+    pub load: Option<u32>,
+    pub metadata: BTreeMap<String, String>,
+    /// Changes on every restart of the instance (native protocol only).
+    pub incarnation: Option<u64>,
+    /// Sequence number of the last packet applied (native protocol only).
+    pub sequence: Option<u64>,
+    /// How long the instance said it stays alive without another packet (native protocol only).
+    pub ttl: Option<Duration>,
+    /// The key that authenticated the instance's last packet.
+    pub key_id: Option<KeyId>,
     /// The interface the instance was last heard on.
     pub interface: InterfaceIndex,
     /// The address the instance's last packet came from.
@@ -86,7 +153,8 @@ impl fmt::Display for DownReason {
 pub enum Event {
     /// An instance was heard for the first time, or again after it went down.
     Up(InstanceInfo),
-    /// An instance's announced content changed (for the seed protocol: its URL).
+    /// An instance's announced content changed: URL, health, weight, load, metadata or
+    /// incarnation (a restart).
     Changed { previous: InstanceInfo, current: InstanceInfo },
     /// An instance left the table.
     Down { instance: InstanceInfo, reason: DownReason },

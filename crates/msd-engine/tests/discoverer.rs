@@ -5,9 +5,17 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use msd_engine::{
-    Destination, Discoverer, DiscovererConfig, DownReason, Event, InterfaceIndex, Received,
+    Destination, Discoverer, DiscovererConfig, DownReason, Event, InterfaceIndex, ProtocolMode, Received,
 };
 use msd_wire::seed::SeedPacket;
+use msd_wire::GroupId;
+
+const GROUP: GroupId = GroupId::from_bytes([0x55; 14]);
+
+/// Seed-only settings: these tests check the seed protocol's behaviour packet by packet.
+fn seed_config() -> DiscovererConfig {
+    DiscovererConfig { protocols: ProtocolMode::Seed, ..DiscovererConfig::new(GROUP) }
+}
 
 const LAN: InterfaceIndex = InterfaceIndex(3);
 const DISCOVER: &[u8] = &[0xde, 0x00, 0x02, 0xa1, 0x74, 0x01, 0xa1, 0x68, 0xc0];
@@ -34,7 +42,7 @@ fn events(discoverer: &mut Discoverer) -> Vec<Event> {
 
 fn started() -> (Discoverer, Instant) {
     let now = Instant::now();
-    let mut discoverer = Discoverer::new(DiscovererConfig::default(), now);
+    let mut discoverer = Discoverer::new(seed_config(), now, 0);
     discoverer.add_interface(now, LAN);
     while discoverer.poll_transmit().is_some() {}
     (discoverer, now)
@@ -106,7 +114,7 @@ fn logoff_of_unknown_id_adds_nothing() {
 #[test]
 fn startup_discovers_then_periodic() {
     let now = Instant::now();
-    let mut discoverer = Discoverer::new(DiscovererConfig::default(), now);
+    let mut discoverer = Discoverer::new(seed_config(), now, 0);
     discoverer.add_interface(now, LAN);
     let mut sent_at = Vec::new();
     let mut clock = now;
@@ -198,9 +206,8 @@ fn invalid_datagrams_counted_and_change_nothing() {
 #[test]
 fn instance_limit_drops_new_ids() {
     let now = Instant::now();
-    let config =
-        DiscovererConfig { max_instances: NonZeroUsize::new(2).unwrap(), ..DiscovererConfig::default() };
-    let mut discoverer = Discoverer::new(config, now);
+    let config = DiscovererConfig { max_instances: NonZeroUsize::new(2).unwrap(), ..seed_config() };
+    let mut discoverer = Discoverer::new(config, now, 0);
     for id in ["a", "b", "c"] {
         deliver(&mut discoverer, now, &announce(id, "http://x:1"));
     }

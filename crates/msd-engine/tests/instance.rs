@@ -3,8 +3,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use msd_engine::{Destination, Instance, InstanceConfig, InterfaceIndex, Received, Transmit};
+use msd_engine::{Destination, Instance, InstanceConfig, InterfaceIndex, ProtocolMode, Received, Transmit};
 use msd_wire::seed::{SeedKind, SeedPacket};
+use msd_wire::GroupId;
+
+const GROUP: GroupId = GroupId::from_bytes([0x55; 14]);
+
+/// Seed-only settings: these tests check the seed protocol's behaviour packet by packet.
+fn seed_config(id: &str, url: &str) -> InstanceConfig {
+    InstanceConfig { protocols: ProtocolMode::Seed, ..InstanceConfig::new(GROUP, id, url) }
+}
 
 const LAN: InterfaceIndex = InterfaceIndex(3);
 const WAN: InterfaceIndex = InterfaceIndex(4);
@@ -20,8 +28,8 @@ fn kind(transmit: &Transmit) -> SeedKind {
 
 fn started(seed: u64) -> (Instance, Instant) {
     let now = Instant::now();
-    let config = InstanceConfig { rng_seed: seed, ..InstanceConfig::new("deadbeef", "http://localhost:8080") };
-    let mut instance = Instance::new(config, now).unwrap();
+    let config = InstanceConfig { rng_seed: seed, ..seed_config("deadbeef", "http://localhost:8080") };
+    let mut instance = Instance::new(config, now, 0).unwrap();
     instance.add_interface(now, LAN);
     (instance, now)
 }
@@ -33,7 +41,8 @@ fn announce_bytes_match_original() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].destination, Destination::Group { interface: LAN });
     assert_eq!(sent[0].payload, include_bytes!("../../msd-wire/tests/fixtures/seed/announce-basic.bin"));
-    assert_eq!(instance.logoff_payload(), include_bytes!("../../msd-wire/tests/fixtures/seed/logoff-basic.bin"));
+    let logoffs = instance.logoff_template().packets(0);
+    assert_eq!(logoffs, [include_bytes!("../../msd-wire/tests/fixtures/seed/logoff-basic.bin").to_vec()]);
 }
 
 #[test]
@@ -89,8 +98,8 @@ fn repeated_discover_answered_once() {
 #[test]
 fn pending_answers_are_bounded() {
     let now = Instant::now();
-    let config = InstanceConfig { max_pending_answers: 4, ..InstanceConfig::new("a", "http://a:1") };
-    let mut instance = Instance::new(config, now).unwrap();
+    let config = InstanceConfig { max_pending_answers: 4, ..seed_config("a", "http://a:1") };
+    let mut instance = Instance::new(config, now, 0).unwrap();
     for port in 1..=10 {
         let sender = SocketAddr::new("10.0.0.9".parse().unwrap(), port);
         instance.handle_datagram(now, Received { source: sender, interface: LAN, payload: DISCOVER });
@@ -103,7 +112,7 @@ fn shutdown_logs_off_on_every_interface() {
     let (mut instance, now) = started(5);
     instance.add_interface(now, WAN);
     transmits(&mut instance);
-    instance.shutdown();
+    instance.shutdown(now);
     let sent = transmits(&mut instance);
     let destinations: Vec<_> = sent.iter().map(|transmit| transmit.destination).collect();
     assert_eq!(

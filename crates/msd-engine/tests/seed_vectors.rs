@@ -34,7 +34,8 @@ fn tables_match_original_after_each_vector() {
             continue;
         }
         let now = Instant::now();
-        let mut discoverer = Discoverer::new(DiscovererConfig::default(), now);
+        let group = msd_wire::GroupId::from_bytes([0x55; 14]);
+        let mut discoverer = Discoverer::new(DiscovererConfig::new(group), now, 0);
         let interface = InterfaceIndex(2);
         let source = "[fe80::1%2]:53566".parse().unwrap();
         let mut sequence: Vec<Vec<u8>> = vector["setup"]

@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
-use msd_engine::{DiscovererConfig, Event, InstanceInfo, InterfaceIndex, Received, Transmit};
+use msd_engine::{DiscovererConfig, Event, InstanceInfo, InterfaceIndex, ProtocolMode, Received, Transmit};
+use msd_wire::keys::KeyRing;
 use msd_wire::GroupId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -101,6 +102,34 @@ impl DiscovererBuilder {
         self
     }
 
+    /// Sets the protocols sent and accepted. Default: both. With a key ring only authenticated
+    /// native packets are accepted.
+    pub fn protocols(mut self, protocols: ProtocolMode) -> Self {
+        self.engine.protocols = protocols;
+        self
+    }
+
+    /// Accepts only packets authenticated by a key of this ring, and signs DISCOVERs and probes
+    /// with its primary key.
+    pub fn keys(mut self, keys: KeyRing) -> Self {
+        self.engine.keys = Some(keys);
+        self
+    }
+
+    /// Sets the average packets per second accepted from one source, and the burst; 0 disables
+    /// the limit. Default: 50 per second, bursts of 100.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.engine.rate_limit = per_second;
+        self.engine.rate_burst = burst;
+        self
+    }
+
+    /// Sets the largest datagram accepted. Default: 8,192 bytes.
+    pub fn max_packet_size(mut self, bytes: usize) -> Self {
+        self.engine.max_packet_size = bytes;
+        self
+    }
+
     /// Sets the gap between periodic DISCOVER rounds. Default: 20 s.
     pub fn discover_interval(mut self, interval: Duration) -> Self {
         self.engine.discover_interval = interval;
@@ -115,7 +144,8 @@ impl DiscovererBuilder {
         self
     }
 
-    /// Sets the silence after which an instance is probed and then expired. Default: 65 s.
+    /// Sets the silence after which a seed-protocol instance is probed and then expired; native
+    /// instances announce their own TTL. Default: 65 s.
     pub fn expire_after(mut self, silence: Duration) -> Self {
         self.engine.expire_after = silence;
         self
@@ -160,7 +190,7 @@ impl DiscovererBuilder {
             return Err(Error::invalid("discoverer intervals", "discover interval and expiry must be greater than zero"));
         }
         self.engine.rng_seed = rand::random();
-        let engine = msd_engine::Discoverer::new(self.engine, driver::now());
+        let engine = msd_engine::Discoverer::new(self.engine, driver::now(), driver::unix_millis());
         // Subscribed before the task starts, so the first `events()` call misses nothing.
         let (events, first_receiver) = broadcast::channel(EVENT_BUFFER);
         let machine = DiscovererMachine { engine, events: events.clone() };
@@ -199,7 +229,7 @@ impl std::fmt::Debug for DiscovererMachine {
 impl Discoverer {
     /// Starts building a discoverer for the service with this group id.
     pub fn builder(group: GroupId) -> DiscovererBuilder {
-        DiscovererBuilder { network: NetworkConfig::new(group), engine: DiscovererConfig::default() }
+        DiscovererBuilder { network: NetworkConfig::new(group), engine: DiscovererConfig::new(group) }
     }
 
     pub fn group(&self) -> GroupId {

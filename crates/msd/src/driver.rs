@@ -111,6 +111,20 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Returns the wall clock in milliseconds since the Unix epoch; 0 if the clock is before it.
+pub(crate) fn unix_millis() -> u64 {
+    u64::try_from(unix_duration().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Returns the wall clock in microseconds since the Unix epoch; 0 if the clock is before it.
+pub(crate) fn unix_micros() -> u64 {
+    u64::try_from(unix_duration().as_micros()).unwrap_or(u64::MAX)
+}
+
+fn unix_duration() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
 impl<M: Machine> Driver<M> {
     pub(crate) async fn run(mut self) {
         log_start(self.role, &self.network, self.group);
@@ -319,9 +333,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends `payload` to the group on every interface from a fresh blocking socket. Used when a
-/// handle is dropped without `shutdown`, where no task may be left to send it.
-pub(crate) fn send_best_effort(network: &NetworkConfig, shared: &Shared, payload: &[u8]) {
+/// Sends `payloads` to the group on every interface from a fresh blocking socket. Used when a
+/// handle is dropped without `shutdown`, where no task may be left to send them.
+pub(crate) fn send_best_effort(network: &NetworkConfig, shared: &Shared, payloads: &[Vec<u8>]) {
     let interfaces = shared.interfaces.lock().map(|list| list.clone()).unwrap_or_default();
     if interfaces.is_empty() {
         return;
@@ -345,6 +359,8 @@ pub(crate) fn send_best_effort(network: &NetworkConfig, shared: &Shared, payload
             }
         }
         let destination = socket::group_destination(group, network.port, index);
-        let _ = socket.send_to(payload, &destination.into());
+        for payload in payloads {
+            let _ = socket.send_to(payload, &destination.into());
+        }
     }
 }

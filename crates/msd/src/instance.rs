@@ -1,11 +1,13 @@
 //! Announcing one instance of a service.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msd_engine::{InstanceConfig, InterfaceIndex, Received, Transmit};
+use msd_engine::{Health, InstanceConfig, InterfaceIndex, LogoffTemplate, ProtocolMode, Received, Transmit};
+use msd_wire::keys::KeyRing;
 use msd_wire::GroupId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -95,7 +97,57 @@ impl InstanceBuilder {
         self
     }
 
-    /// Sets the gap between unsolicited ANNOUNCE rounds. Default: 20 s.
+    /// Sets the protocols sent and answered. Default: both. With a key ring only the native
+    /// protocol is used.
+    pub fn protocols(mut self, protocols: ProtocolMode) -> Self {
+        self.engine.protocols = protocols;
+        self
+    }
+
+    /// Authenticates every packet with this key ring's primary key, and accepts only DISCOVERs
+    /// and PROBEs authenticated by one of its keys.
+    pub fn keys(mut self, keys: KeyRing) -> Self {
+        self.engine.keys = Some(keys);
+        self
+    }
+
+    /// Sets the health announced at start. Default: serving.
+    pub fn health(mut self, health: Health) -> Self {
+        self.engine.health = health;
+        self
+    }
+
+    /// Sets the weight announced for balancing. Default: none.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.engine.weight = Some(weight);
+        self
+    }
+
+    /// Sets the load announced at start. Default: none.
+    pub fn load(mut self, load: u32) -> Self {
+        self.engine.load = Some(load);
+        self
+    }
+
+    /// Adds a metadata entry, such as a zone or version.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.engine.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the gap between native heartbeats, varied by ±20 %. Default: 500 ms.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.engine.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets how long discoverers keep the instance without another packet. Default: 2 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.engine.ttl = ttl;
+        self
+    }
+
+    /// Sets the gap between unsolicited seed ANNOUNCE rounds. Default: 20 s.
     pub fn announce_interval(mut self, interval: Duration) -> Self {
         self.engine.announce_interval = interval;
         self
@@ -132,8 +184,10 @@ impl InstanceBuilder {
     pub async fn start(mut self) -> Result<Instance, Error> {
         validate(&self.engine)?;
         self.engine.rng_seed = rand::random();
-        let engine = msd_engine::Instance::new(self.engine.clone(), driver::now())?;
-        let logoff = engine.logoff_payload().to_vec();
+        // Microseconds since the Unix epoch grow from one start to the next, as incarnations must.
+        self.engine.incarnation = driver::unix_micros();
+        let engine = msd_engine::Instance::new(self.engine.clone(), driver::now(), driver::unix_millis())?;
+        let logoff = engine.logoff_template();
         let (driver, commands, shared) = driver::prepare(engine, self.network.clone(), "instance")?;
         let task = tokio::spawn(driver.run());
         tracing::debug!(id = %self.engine.id, url = %self.engine.url, "instance started");
@@ -144,6 +198,16 @@ impl InstanceBuilder {
 fn validate(config: &InstanceConfig) -> Result<(), Error> {
     if config.id.is_empty() {
         return Err(Error::invalid("instance id", "it is empty; give each instance a unique id"));
+    }
+    if config.id.len() > msd_wire::native::MAX_ID_LEN {
+        return Err(Error::invalid(
+            "instance id",
+            format!("it is {} bytes long, more than the maximum of {}", config.id.len(), msd_wire::native::MAX_ID_LEN),
+        ));
+    }
+    let zero = |duration: Duration| duration.is_zero();
+    if zero(config.heartbeat_interval) || zero(config.ttl) || zero(config.announce_interval) {
+        return Err(Error::invalid("instance intervals", "heartbeat interval, TTL and announce interval must be greater than zero"));
     }
     if let Err(error) = url::Url::parse(&config.url) {
         return Err(Error::invalid(
@@ -178,13 +242,13 @@ pub struct Instance {
     commands: mpsc::Sender<Command<msd_engine::Instance>>,
     shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
-    logoff: Vec<u8>,
+    logoff: LogoffTemplate,
 }
 
 impl Instance {
     /// Starts building an instance of the service with this group id.
     pub fn builder(group: GroupId) -> InstanceBuilder {
-        InstanceBuilder { network: NetworkConfig::new(group), engine: InstanceConfig::new("", "") }
+        InstanceBuilder { network: NetworkConfig::new(group), engine: InstanceConfig::new(group, "", "") }
     }
 
     pub fn id(&self) -> &str {
@@ -210,6 +274,55 @@ impl Instance {
         Ok(Stats::new(packets, &self.shared.counters))
     }
 
+    /// Sets the health and announces it at once.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Stopped`] when the background task has ended.
+    pub async fn set_health(&self, health: Health) -> Result<(), Error> {
+        self.update(move |engine, now| engine.set_health(now, health)).await
+    }
+
+    /// Sets the reported load and announces it at once.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Stopped`] when the background task has ended.
+    pub async fn set_load(&self, load: Option<u32>) -> Result<(), Error> {
+        self.update(move |engine, now| engine.set_load(now, load)).await
+    }
+
+    /// Sets the weight and announces it at once.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Stopped`] when the background task has ended.
+    pub async fn set_weight(&self, weight: Option<u32>) -> Result<(), Error> {
+        self.update(move |engine, now| engine.set_weight(now, weight)).await
+    }
+
+    /// Replaces the metadata and announces it at once.
+    ///
+    /// # Errors
+    ///
+    /// Fails, keeping the old metadata, when the announcement would no longer fit one datagram;
+    /// returns [`Error::Stopped`] when the background task has ended.
+    pub async fn set_metadata(&self, metadata: BTreeMap<String, String>) -> Result<(), Error> {
+        self.update(move |engine, now| engine.set_metadata(now, metadata)).await
+    }
+
+    async fn update(
+        &self,
+        change: impl FnOnce(&mut msd_engine::Instance, Instant) -> Result<(), msd_wire::EncodeError> + Send + 'static,
+    ) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(move |engine: &mut msd_engine::Instance, now| {
+            let _ = reply.send(change(engine, now));
+        });
+        self.commands.send(Command::Run(job)).await.map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?.map_err(Error::from)
+    }
+
     /// Sends LOGOFF on every interface, waits until it has left, and stops.
     ///
     /// # Errors
@@ -218,7 +331,7 @@ impl Instance {
     /// sent on a best-effort basis.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         let (reply, done) = oneshot::channel();
-        let job = Box::new(|engine: &mut msd_engine::Instance, _now| engine.shutdown());
+        let job = Box::new(|engine: &mut msd_engine::Instance, now| engine.shutdown(now));
         let sent = self.commands.send(Command::Shutdown(job, reply)).await.is_ok() && done.await.is_ok();
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -227,7 +340,7 @@ impl Instance {
         if sent {
             Ok(())
         } else {
-            driver::send_best_effort(&self.network, &self.shared, &self.logoff);
+            driver::send_best_effort(&self.network, &self.shared, &self.logoff.packets(driver::unix_millis()));
             Err(Error::Stopped)
         }
     }
@@ -239,7 +352,7 @@ impl Drop for Instance {
         let Some(task) = self.task.take() else { return };
         self.shared.stopping.store(true, Ordering::Release);
         task.abort();
-        driver::send_best_effort(&self.network, &self.shared, &self.logoff);
+        driver::send_best_effort(&self.network, &self.shared, &self.logoff.packets(driver::unix_millis()));
     }
 }
 
@@ -248,7 +361,7 @@ mod tests {
     use super::*;
 
     fn config(id: &str, url: &str) -> InstanceConfig {
-        InstanceConfig::new(id, url)
+        InstanceConfig::new(GroupId::from_bytes([1; 14]), id, url)
     }
 
     #[test]

@@ -89,7 +89,14 @@ async fn drop_sends_logoff() {
 #[tokio::test]
 async fn every_discoverer_gets_unicast_answers() {
     let group = new_group();
-    let quiet = |id| instance(group, id).startup_announces(1, Duration::from_secs(1)).announce_interval(Duration::from_secs(3600));
+    let hour = Duration::from_secs(3600);
+    let quiet = |id| {
+        instance(group, id)
+            .startup_announces(1, Duration::from_secs(1))
+            .announce_interval(hour)
+            .heartbeat_interval(hour)
+            .ttl(2 * hour)
+    };
     let first = quiet("one").start().await.unwrap();
     let second = quiet("two").start().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -99,7 +106,7 @@ async fn every_discoverer_gets_unicast_answers() {
         assert_eq!(wait_for_ids(discoverer, &["one", "two"]).await, ["one", "two"], "discoverer {index}");
     }
     let stats = first.stats().await.unwrap();
-    assert!(stats.packets.received.discover >= 2, "instance saw both discoverers: {stats:?}");
+    assert!(stats.packets.received().discover >= 2, "instance saw both discoverers: {stats:?}");
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
 }

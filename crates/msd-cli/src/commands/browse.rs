@@ -85,7 +85,26 @@ pub(crate) fn describe(event: &Event) -> String {
     match event {
         Event::Up(info) => format!("up       {}  {}  via {} from {}", info.id, info.url, interface_label(info), info.source),
         Event::Changed { previous, current } => {
-            format!("changed  {}  {} -> {}", current.id, previous.url, current.url)
+            let mut changes = Vec::new();
+            if previous.url != current.url {
+                changes.push(format!("url {} -> {}", previous.url, current.url));
+            }
+            if previous.health != current.health {
+                changes.push(format!("health {} -> {}", previous.health, current.health));
+            }
+            if previous.load != current.load {
+                changes.push(format!("load {:?} -> {:?}", previous.load, current.load));
+            }
+            if previous.incarnation != current.incarnation {
+                changes.push("restarted".to_owned());
+            }
+            if previous.protocol != current.protocol {
+                changes.push(format!("protocol {} -> {}", previous.protocol.as_str(), current.protocol.as_str()));
+            }
+            if changes.is_empty() {
+                changes.push("weight or metadata".to_owned());
+            }
+            format!("changed  {}  {}", current.id, changes.join(", "))
         }
         Event::Down { instance, reason } => format!("down     {}  {}  ({reason})", instance.id, instance.url),
     }

@@ -46,6 +46,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
             .url(format!("http://127.0.0.1:{}", 8000 + number))
             .interfaces(loopback.clone())
             .ip_version(IpVersion::V4)
+            .load(number * 10)
+            .metadata("zone", if number % 2 == 0 { "b" } else { "a" })
             .start()
             .await?;
         instances.push(instance);
@@ -62,6 +64,19 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
         }
     }
     print_table(&discoverer).await?;
+
+    tokio::time::sleep(STEP_PAUSE).await;
+    if let Some(first) = instances.first() {
+        print(&format!("\n{} starts draining: its health goes out at once, not at the next heartbeat\n", first.id()));
+        first.set_health(msd::Health::Draining).await?;
+        loop {
+            let event = next_event(&mut events).await?;
+            print(&format!("  {}\n", describe(&event)));
+            if matches!(&event, Event::Changed { current, .. } if current.health == msd::Health::Draining) {
+                break;
+            }
+        }
+    }
 
     tokio::time::sleep(STEP_PAUSE).await;
     let leaving = instances.remove(instances.len() / 2);

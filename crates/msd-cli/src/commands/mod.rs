@@ -2,8 +2,9 @@ mod announce;
 mod browse;
 mod demo;
 mod group;
+mod key;
 
-use crate::args::{Cli, Command, GroupCommand};
+use crate::args::{Cli, Command, GroupCommand, KeyCommand};
 use crate::exit::CliError;
 
 pub(crate) async fn dispatch(cli: Cli) -> Result<(), CliError> {
@@ -12,6 +13,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Announce(args) => announce::run(args).await,
         Command::Browse(args) => browse::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Key(KeyCommand::New { output }) => key::new(output.as_deref()),
     }
 }
 
