@@ -4,68 +4,22 @@
 //! `msd browse --watch --json` inside the hosts, and reads the events the discoverers print.
 //! Tests skip without root unless `MSD_LAB_REQUIRED=1`, which CI sets.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use msd_lab::{Host, Lab, LabChild, Signal};
-use serde_json::Value;
-
-/// Generous limit for one expected event; tests fail rather than hang when it passes.
-const WAIT: Duration = Duration::from_secs(20);
+use support::{browse_with, count_events, msd, wait_event, wait_event_after, GROUP, WAIT};
 
 /// Browse settings of these tests: quick rounds so that expiry happens within seconds.
 const EXPIRE_AFTER: &str = "2s";
 
-const GROUP: &str = "55c545258c440a731a50810425bc";
-
-fn msd(host: &Host, args: &[&str]) -> LabChild {
-    let mut command = host.command(env!("CARGO_BIN_EXE_msd"));
-    command.args(args).env("MSD_LOG", "msd=debug,info").env_remove("MSD_MULTICAST_INTERFACE");
-    host.spawn(command).expect("start msd")
-}
-
 fn announce(host: &Host, id: &str) -> LabChild {
-    let url = format!("http://{}:8080/{id}", host.ipv4());
-    let child = msd(host, &["announce", "--group", GROUP, "--id", id, "--url", &url, "--announce-interval", "500ms"]);
-    let started = child.wait_for_line(WAIT, |line| line.contains("announcing"));
-    assert!(started.is_some(), "announce {id} did not start:\n{}", child.output());
-    child
+    support::announce_with(host, id, &["--announce-interval", "500ms"])
 }
 
 fn browse(host: &Host) -> LabChild {
-    msd(host, &["browse", "--group", GROUP, "--watch", "--json", "--discover-interval", "1s", "--expire-after", EXPIRE_AFTER])
-}
-
-/// Waits for an event line `{"event": kind, "instance": {"id": id, ...}}`, counting from the
-/// first line of output, and returns it.
-fn wait_event(child: &LabChild, kind: &str, id: &str) -> Value {
-    wait_event_after(child, kind, id, 0)
-}
-
-/// Like [`wait_event`], but only the `skip + 1`-th matching event counts.
-fn wait_event_after(child: &LabChild, kind: &str, id: &str, skip: usize) -> Value {
-    let mut seen = 0;
-    let mut found = None;
-    child.wait_for_line(WAIT, |line| {
-        let Ok(value) = serde_json::from_str::<Value>(line) else { return false };
-        if value["event"] == kind && value["instance"]["id"] == id {
-            seen += 1;
-            if seen > skip {
-                found = Some(value);
-                return true;
-            }
-        }
-        false
-    });
-    found.unwrap_or_else(|| panic!("no {kind} event for {id} (after {skip} earlier ones):\n{}", child.output()))
-}
-
-fn count_events(child: &LabChild, kind: &str, id: &str) -> usize {
-    child
-        .output()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|value| value["event"] == kind && value["instance"]["id"] == id)
-        .count()
+    browse_with(host, &[])
 }
 
 #[test]
