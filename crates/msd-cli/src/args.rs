@@ -34,6 +34,27 @@ pub(crate) enum Command {
     /// Manage keys for authenticated packets
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run a discoverer with an HTTP API, server-sent events, Prometheus endpoints and a live
+    /// dashboard
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) network: NetworkArgs,
+
+    /// Address and port the HTTP server listens on
+    #[arg(long, value_name = "ADDRESS", env = "MSD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: String,
+
+    /// Gap between periodic DISCOVER rounds, e.g. 20s
+    #[arg(long, value_name = "DURATION", env = "MSD_DISCOVER_INTERVAL", default_value = "20s")]
+    pub(crate) discover_interval: String,
+
+    /// Silence after which a seed-protocol instance is probed and then removed, e.g. 65s
+    #[arg(long, value_name = "DURATION", env = "MSD_EXPIRE_AFTER", default_value = "65s")]
+    pub(crate) expire_after: String,
 }
 
 #[derive(Debug, Subcommand)]

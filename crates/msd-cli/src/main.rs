@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod exit;
 mod output;
+mod serve;
 mod settings;
 
 fn main() -> std::process::ExitCode {

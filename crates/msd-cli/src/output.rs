@@ -34,6 +34,10 @@ pub(crate) struct InstanceJson {
     pub(crate) incarnation: Option<u64>,
     pub(crate) interface: String,
     pub(crate) source: String,
+    /// When the instance was first heard, RFC 3339 in UTC.
+    pub(crate) first_seen: String,
+    /// When the instance was last heard, RFC 3339 in UTC.
+    pub(crate) last_seen: String,
     /// Milliseconds since the instance was first heard.
     pub(crate) age_ms: u128,
     /// Milliseconds since the instance was last heard.
@@ -53,6 +57,8 @@ impl InstanceJson {
             incarnation: info.incarnation,
             interface: interface_label(info),
             source: info.source.to_string(),
+            first_seen: wall_time(info.first_seen, now),
+            last_seen: wall_time(info.last_seen, now),
             age_ms: now.saturating_duration_since(info.first_seen).as_millis(),
             last_seen_ms: now.saturating_duration_since(info.last_seen).as_millis(),
         }
@@ -82,6 +88,12 @@ impl EventJson {
             },
         }
     }
+}
+
+/// Formats a monotonic instant as wall-clock time in RFC 3339, by its distance from `now`.
+fn wall_time(instant: Instant, now: Instant) -> String {
+    let wall = std::time::SystemTime::now() - now.saturating_duration_since(instant);
+    humantime::format_rfc3339_millis(wall).to_string()
 }
 
 pub(crate) fn interface_label(info: &InstanceInfo) -> String {

@@ -14,6 +14,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Browse(args) => browse::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Key(KeyCommand::New { output }) => key::new(output.as_deref()),
+        Command::Serve(args) => crate::serve::run(args).await,
     }
 }
 

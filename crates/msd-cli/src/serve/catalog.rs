@@ -1,0 +1,197 @@
+//! The server's view of the discoverer: the current table, a numbered history of changes for
+//! server-sent events, and a broadcast of new changes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use msd::{DownReason, Event, InstanceInfo};
+use tokio::sync::broadcast;
+
+/// Changes kept for clients that reconnect with `Last-Event-ID`.
+pub(crate) const HISTORY: usize = 1024;
+
+/// Changes buffered per event-stream client; a client that falls further behind gets a fresh
+/// snapshot instead, and the lost changes are counted.
+pub(crate) const CLIENT_BUFFER: usize = 256;
+
+/// One numbered change of the table.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) sequence: u64,
+    pub(crate) kind: ChangeKind,
+    pub(crate) instance: InstanceInfo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeKind {
+    Up,
+    Changed,
+    Down(DownReason),
+}
+
+impl ChangeKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ChangeKind::Up => "up",
+            ChangeKind::Changed => "changed",
+            ChangeKind::Down(_) => "down",
+        }
+    }
+}
+
+/// What a new event-stream client starts from.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// The whole table, as of `sequence`.
+    Snapshot { sequence: u64, instances: Vec<InstanceInfo> },
+    /// The changes after the client's last event, which are all still in the history.
+    Resume { changes: Vec<Arc<Change>> },
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    instances: BTreeMap<String, InstanceInfo>,
+    sequence: u64,
+    history: VecDeque<Arc<Change>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    inner: Mutex<Inner>,
+    sender: broadcast::Sender<Arc<Change>>,
+}
+
+impl Catalog {
+    pub(crate) fn new(initial: Vec<InstanceInfo>) -> Self {
+        let instances = initial.into_iter().map(|info| (info.id.clone(), info)).collect();
+        let (sender, _) = broadcast::channel(CLIENT_BUFFER);
+        Catalog { inner: Mutex::new(Inner { instances, ..Inner::default() }), sender }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data: every update is one insert or
+        // remove followed by a push.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies a discoverer event and broadcasts it as a numbered change.
+    pub(crate) fn apply(&self, event: Event) -> Arc<Change> {
+        let mut inner = self.lock();
+        inner.sequence += 1;
+        let (kind, instance) = match event {
+            Event::Up(info) => (ChangeKind::Up, info),
+            Event::Changed { current, .. } => (ChangeKind::Changed, current),
+            Event::Down { instance, reason } => (ChangeKind::Down(reason), instance),
+        };
+        match kind {
+            ChangeKind::Down(_) => inner.instances.remove(&instance.id),
+            ChangeKind::Up | ChangeKind::Changed => inner.instances.insert(instance.id.clone(), instance.clone()),
+        };
+        let change = Arc::new(Change { sequence: inner.sequence, kind, instance });
+        if inner.history.len() == HISTORY {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(Arc::clone(&change));
+        // Sent under the lock, so a subscriber that took the lock sees each change exactly once:
+        // either in its starting state or from the channel.
+        let _ = self.sender.send(Arc::clone(&change));
+        change
+    }
+
+    /// Returns where a client starts and a receiver for what follows, atomically.
+    pub(crate) fn subscribe(&self, last_event_id: Option<u64>) -> (Start, broadcast::Receiver<Arc<Change>>) {
+        let inner = self.lock();
+        let receiver = self.sender.subscribe();
+        let resume = last_event_id.and_then(|last| {
+            if last > inner.sequence {
+                return None;
+            }
+            if last == inner.sequence {
+                return Some(Vec::new());
+            }
+            let oldest = inner.history.front()?.sequence;
+            (last + 1 >= oldest).then(|| inner.history.iter().filter(|change| change.sequence > last).cloned().collect())
+        });
+        let start = match resume {
+            Some(changes) => Start::Resume { changes },
+            None => Start::Snapshot { sequence: inner.sequence, instances: inner.instances.values().cloned().collect() },
+        };
+        (start, receiver)
+    }
+
+    /// Returns the table and its sequence number.
+    pub(crate) fn snapshot(&self) -> (u64, Vec<InstanceInfo>) {
+        let inner = self.lock();
+        (inner.sequence, inner.instances.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn info(id: &str) -> InstanceInfo {
+        let now = Instant::now();
+        InstanceInfo {
+            id: id.into(),
+            url: "http://a:1".into(),
+            protocol: msd::Protocol::Native,
+            health: msd::Health::Serving,
+            weight: None,
+            load: None,
+            metadata: BTreeMap::new(),
+            incarnation: Some(1),
+            sequence: Some(1),
+            ttl: None,
+            key_id: None,
+            interface: msd::InterfaceIndex(1),
+            source: "10.0.0.1:5".parse().unwrap(),
+            first_seen: now,
+            last_seen: now,
+        }
+    }
+
+    #[test]
+    fn resume_returns_missed_changes() {
+        let catalog = Catalog::new(vec![]);
+        catalog.apply(Event::Up(info("a")));
+        catalog.apply(Event::Up(info("b")));
+        catalog.apply(Event::Down { instance: info("a"), reason: DownReason::Logoff });
+        let (start, _) = catalog.subscribe(Some(1));
+        let Start::Resume { changes } = start else { panic!("expected resume") };
+        let sequences: Vec<u64> = changes.iter().map(|change| change.sequence).collect();
+        assert_eq!(sequences, [2, 3]);
+    }
+
+    #[test]
+    fn unknown_or_future_id_gets_snapshot() {
+        let catalog = Catalog::new(vec![info("x")]);
+        catalog.apply(Event::Up(info("a")));
+        for last in [None, Some(99)] {
+            let (start, _) = catalog.subscribe(last);
+            let Start::Snapshot { sequence, instances } = start else { panic!("expected snapshot for {last:?}") };
+            assert_eq!(sequence, 1);
+            assert_eq!(instances.len(), 2);
+        }
+    }
+
+    #[test]
+    fn id_older_than_history_gets_snapshot() {
+        let catalog = Catalog::new(vec![]);
+        for number in 0..(HISTORY + 10) {
+            catalog.apply(Event::Up(info(&format!("i{number}"))));
+        }
+        let (start, _) = catalog.subscribe(Some(3));
+        assert!(matches!(start, Start::Snapshot { .. }));
+        let (start, _) = catalog.subscribe(Some(20));
+        assert!(matches!(start, Start::Resume { .. }));
+    }
+
+    #[test]
+    fn down_removes_from_table() {
+        let catalog = Catalog::new(vec![info("a")]);
+        catalog.apply(Event::Down { instance: info("a"), reason: DownReason::Expired });
+        assert!(catalog.snapshot().1.is_empty());
+    }
+}

@@ -1,0 +1,135 @@
+//! `msd serve`: a discoverer with an HTTP face: JSON API, server-sent events, Prometheus service
+//! discovery and metrics, and a live dashboard.
+
+mod api;
+pub(crate) mod catalog;
+mod metrics;
+mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{Html, Response};
+use axum::routing::get;
+use axum::Router;
+use msd::{Discoverer, Event};
+use tracing::{info, warn};
+
+use crate::args::ServeArgs;
+use crate::commands::shutdown_signal;
+use crate::exit::CliError;
+use crate::settings::{parse_duration, Network};
+use catalog::Catalog;
+use metrics::Metrics;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) discoverer: Discoverer,
+    pub(crate) catalog: Catalog,
+    pub(crate) metrics: Metrics,
+    /// Becomes true when the server shuts down, which ends the event streams so that graceful
+    /// shutdown does not wait for them forever.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let network = Network::from_args(&args.network)?;
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| CliError::Usage(format!("invalid --listen {:?}: write an address and port such as 127.0.0.1:8080", args.listen)))?;
+    let discover_interval = parse_duration("--discover-interval", &args.discover_interval)?;
+    let expire_after = parse_duration("--expire-after", &args.expire_after)?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|error| CliError::Failure(format!("failed to listen on {listen}: {error}")))?;
+    let discoverer = network
+        .apply_discoverer(Discoverer::builder(network.group))
+        .discover_interval(discover_interval)
+        .expire_after(expire_after)
+        .start()
+        .await?;
+    let (initial, events) = discoverer.watch().await?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState { discoverer, catalog: Catalog::new(initial), metrics: Metrics::new(), stopping });
+    let pump = tokio::spawn(pump_events(Arc::clone(&state), events));
+
+    let app = router(Arc::clone(&state));
+    let local = listener.local_addr().unwrap_or(listen);
+    info!(listen = %local, group = %network.group, "serving");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            match shutdown_signal().await {
+                Ok(signal) => info!(signal, "shutting down"),
+                Err(error) => warn!(%error, "no signal handler; stopping"),
+            }
+            let _ = stop.send(true);
+        })
+        .await;
+    pump.abort();
+    served.map_err(|error| CliError::Failure(format!("HTTP server failed: {error}")))?;
+    info!("stopped");
+    Ok(())
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/v1/instances", get(api::instances))
+        .route("/v1/instances/{id}", get(api::instance))
+        .route("/v1/pick", get(api::pick))
+        .route("/v1/events", get(sse::events))
+        .route("/v1/prometheus-sd", get(api::prometheus_sd))
+        .route("/metrics", get(api::metrics))
+        .route("/healthz", get(api::healthz))
+        .fallback(api::not_found)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), access_log))
+        .with_state(state)
+}
+
+/// Logs one line per request at info, and counts it.
+async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |route| route.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.metrics.count_request(&route, status);
+    info!(%method, path, status, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    response
+}
+
+/// Moves the discoverer's events into the catalog and the metrics.
+async fn pump_events(state: Arc<AppState>, mut events: msd::Events) {
+    while let Some(event) = events.next().await {
+        match &event {
+            Event::Up(info) => {
+                state.metrics.count_event("up", None);
+                observe_latency(&state.metrics, info);
+            }
+            Event::Changed { .. } => state.metrics.count_event("changed", None),
+            Event::Down { reason, .. } => state.metrics.count_event("down", Some(reason.to_string())),
+        }
+        state.catalog.apply(event);
+    }
+}
+
+/// Records the time from an instance's start to its discovery. The msd runtime sets the
+/// incarnation to the start time in microseconds, so the difference spans two hosts' clocks;
+/// values above an hour are an instance that started before this server and are skipped.
+fn observe_latency(metrics: &Metrics, info: &msd::InstanceInfo) {
+    let Some(incarnation) = info.incarnation else { return };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let Some(latency) = now.checked_sub(Duration::from_micros(incarnation)) else { return };
+    if latency < Duration::from_secs(3600) {
+        metrics.observe_discovery_latency(latency.as_secs_f64());
+    }
+}
