@@ -38,6 +38,7 @@ mod discoverer;
 mod instance;
 mod ratelimit;
 mod schedule;
+pub mod sim;
 mod stats;
 mod types;
 

@@ -65,7 +65,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let local = listener.local_addr().unwrap_or(listen);
     info!(listen = %local, group = %network.group, "serving");
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             match shutdown_signal().await {
                 Ok(signal) => info!(signal, "shutting down"),
                 Err(error) => warn!(%error, "no signal handler; stopping"),
