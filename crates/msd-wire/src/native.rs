@@ -178,7 +178,8 @@ pub struct NativePacket<'a> {
     pub load: Option<u32>,
     /// Metadata entries; a key given twice keeps its last value.
     pub metadata: BTreeMap<&'a str, &'a str>,
-    /// The key that authenticated the packet, when it was authenticated.
+    /// The key id in the packet's trailer. Verified only when decoded with [`Verify::With`];
+    /// with [`Verify::No`] it is what the sender wrote, unchecked.
     pub key_id: Option<KeyId>,
 }
 
@@ -407,6 +408,9 @@ impl<'a> NativePacket<'a> {
         }
         check("url", self.url.map_or(0, str::len), usize::from(u16::MAX))?;
         for (key, value) in &self.metadata {
+            if key.is_empty() {
+                return Err(EncodeError::EmptyField { field: "metadata key" });
+            }
             check("metadata key", key.len(), MAX_METADATA_KEY_LEN)?;
             check("metadata value", 1 + key.len() + value.len(), usize::from(u16::MAX))?;
         }
@@ -600,6 +604,13 @@ mod tests {
         packet.url = None;
         let bytes = packet.to_vec(None).unwrap();
         assert_eq!(NativePacket::decode(&bytes, Verify::No), Err(DecodeError::MissingField { field: "url" }));
+    }
+
+    #[test]
+    fn empty_metadata_key_not_encoded() {
+        let mut packet = announce();
+        packet.metadata.insert("", "value");
+        assert_eq!(packet.to_vec(None), Err(EncodeError::EmptyField { field: "metadata key" }));
     }
 
     #[test]
