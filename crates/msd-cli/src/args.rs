@@ -89,8 +89,9 @@ pub(crate) struct NetworkArgs {
     #[arg(long = "interface", short = 'i', value_name = "NAME", env = "MSD_MULTICAST_INTERFACE", value_delimiter = ',')]
     pub(crate) interfaces: Vec<String>,
 
-    /// Use IPv4 multicast (239.0.0.0/8) instead of IPv6 link-local; required on loopback
-    #[arg(long, env = "MSD_IPV4")]
+    /// Use IPv4 multicast (239.0.0.0/8) instead of IPv6 link-local; required on loopback.
+    /// MSD_IPV4 accepts 1/0, true/false, yes/no, on/off
+    #[arg(long, env = "MSD_IPV4", value_parser = clap::builder::FalseyValueParser::new(), num_args = 0, default_missing_value = "true")]
     pub(crate) ipv4: bool,
 
     /// IPv4 group address, overriding the one derived from the group id (implies --ipv4)

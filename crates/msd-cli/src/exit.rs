@@ -48,8 +48,14 @@ impl CliError {
 }
 
 pub(crate) fn run() -> ExitCode {
-    let cli = Cli::parse();
-    crate::output::init_logging(&cli.global);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return clap_error(&error),
+    };
+    if let Err(message) = crate::output::init_logging(&cli.global) {
+        eprintln!("msd: {message}");
+        return ExitCode::from(USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -64,6 +70,38 @@ pub(crate) fn run() -> ExitCode {
             ExitCode::from(error.code())
         }
     }
+}
+
+/// Prints help and version as clap formats them, and argument errors as one `msd:` line.
+fn clap_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            return if error.exit_code() == 0 { ExitCode::SUCCESS } else { ExitCode::from(USAGE) };
+        }
+        _ => {}
+    }
+    let rendered = error.render().to_string();
+    // clap's first paragraph holds the error, sometimes over several indented lines.
+    let paragraph = rendered.split("\n\n").next().unwrap_or_default();
+    let first = paragraph
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .replace(": ", ": ")
+        .replace(":; ", ": ");
+    let first = first.trim();
+    let hint = if first.contains("--group") {
+        "; set --group or MSD_GROUP (create a group id with `msd group new`)"
+    } else {
+        "; see `msd help`"
+    };
+    eprintln!("msd: {first}{hint}");
+    ExitCode::from(USAGE)
 }
 
 fn print_error(error: &CliError) {

@@ -1,6 +1,6 @@
 //! Logging setup and the text and JSON forms of instances and events.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::time::Instant;
 
 use msd::{Event, InstanceInfo};
@@ -9,13 +9,30 @@ use tracing_subscriber::EnvFilter;
 
 use crate::args::GlobalArgs;
 
-/// Sends logs to stderr, filtered by `--log` / `MSD_LOG`.
-pub(crate) fn init_logging(global: &GlobalArgs) {
-    let filter = EnvFilter::try_new(&global.log).unwrap_or_else(|error| {
-        eprintln!("msd: invalid log filter {:?} ({error}); using \"info\"", global.log);
-        EnvFilter::new("info")
-    });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_target(false).init();
+/// Sends logs to stderr, filtered by `--log` / `MSD_LOG`, in colour only on a terminal.
+///
+/// # Errors
+///
+/// Returns the message for an invalid filter.
+pub(crate) fn init_logging(global: &GlobalArgs) -> Result<(), String> {
+    let filter = EnvFilter::builder()
+        .parse(&global.log)
+        .map_err(|error| format!("invalid --log (or MSD_LOG) {:?}: {error}; use a level such as info or debug", global.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    Ok(())
+}
+
+/// Replaces control characters, which a peer could use to rewrite the terminal, with escapes.
+pub(crate) fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars().map(|character| if character.is_control() { character.escape_default().to_string() } else { character.to_string() }).collect()
 }
 
 /// One instance as `browse --json` prints it.
@@ -72,19 +89,26 @@ pub(crate) struct EventJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
     pub(crate) instance: InstanceJson,
+    /// The state before a `changed` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) previous: Option<InstanceJson>,
 }
 
 impl EventJson {
     pub(crate) fn new(event: &Event, now: Instant) -> Self {
         match event {
-            Event::Up(info) => EventJson { event: "up", reason: None, instance: InstanceJson::new(info, now) },
-            Event::Changed { current, .. } => {
-                EventJson { event: "changed", reason: None, instance: InstanceJson::new(current, now) }
-            }
+            Event::Up(info) => EventJson { event: "up", reason: None, instance: InstanceJson::new(info, now), previous: None },
+            Event::Changed { previous, current } => EventJson {
+                event: "changed",
+                reason: None,
+                instance: InstanceJson::new(current, now),
+                previous: Some(InstanceJson::new(previous, now)),
+            },
             Event::Down { instance, reason } => EventJson {
                 event: "down",
                 reason: Some(reason.to_string()),
                 instance: InstanceJson::new(instance, now),
+                previous: None,
             },
         }
     }
@@ -100,6 +124,17 @@ pub(crate) fn interface_label(info: &InstanceInfo) -> String {
     msd::interface_name(info.interface).unwrap_or_else(|| format!("#{}", info.interface))
 }
 
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_escaped() {
+        assert_eq!(printable("a\u{1b}[31mb\nc"), "a\\u{1b}[31mb\\nc");
+        assert_eq!(printable("plain é"), "plain é");
+    }
+}
+
 /// Formats the table `browse` and `demo` print.
 pub(crate) fn table(instances: &[InstanceInfo], now: Instant) -> String {
     let headers = ["ID", "URL", "HEALTH", "LOAD", "INTERFACE", "SOURCE", "AGE"];
@@ -107,8 +142,8 @@ pub(crate) fn table(instances: &[InstanceInfo], now: Instant) -> String {
         .iter()
         .map(|info| {
             [
-                info.id.clone(),
-                info.url.clone(),
+                printable(&info.id),
+                printable(&info.url),
                 info.health.to_string(),
                 info.load.map_or_else(|| "-".to_owned(), |load| load.to_string()),
                 interface_label(info),

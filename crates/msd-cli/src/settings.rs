@@ -26,10 +26,16 @@ impl Network {
         let ipv4_group = args.ipv4_group.as_deref().map(parse_ipv4_group).transpose()?;
         let names: Vec<String> =
             args.interfaces.iter().map(|name| name.trim().to_owned()).filter(|name| !name.is_empty()).collect();
+        // An empty value must not widen the selection to every interface.
+        if !args.interfaces.is_empty() && names.is_empty() {
+            return Err(usage(
+                "invalid --interface (or MSD_MULTICAST_INTERFACE): it names no interface; name one such as eth0, or unset it to use every interface".into(),
+            ));
+        }
         let interfaces = if names.is_empty() { InterfaceSelection::All } else { InterfaceSelection::Named(names) };
         let ip = if args.ipv4 || ipv4_group.is_some() { IpVersion::V4 } else { IpVersion::V6 };
         if args.port == 0 {
-            return Err(usage("invalid port 0: the group needs a fixed port; omit --port to use 53566".into()));
+            return Err(usage("invalid port 0 (--port or MSD_PORT): the group needs a fixed port; omit it to use 53566".into()));
         }
         let protocols: ProtocolMode = args.protocol.trim().parse().map_err(usage)?;
         let keys = args.key_file.as_deref().map(read_key_file).transpose()?;
@@ -87,6 +93,11 @@ fn parse_ipv4_group(text: &str) -> Result<Ipv4Addr, CliError> {
     if !address.is_multicast() {
         return Err(usage(format!("invalid IPv4 group address {address}: it is not multicast; use one in 239.0.0.0/8")));
     }
+    if address.octets()[..3] == [224, 0, 0] {
+        return Err(usage(format!(
+            "invalid IPv4 group address {address}: 224.0.0.0/24 is reserved for routing protocols; use one in 239.0.0.0/8"
+        )));
+    }
     Ok(address)
 }
 
@@ -105,8 +116,17 @@ pub(crate) fn check_instance(id: &str, url: &str) -> Result<(), CliError> {
     if id.trim().is_empty() {
         return Err(usage("invalid --id: it is empty; give each instance a unique id such as web-1".into()));
     }
-    if let Err(error) = url::Url::parse(url) {
-        return Err(usage(format!("invalid --url {url:?}: {error}; write an absolute URL such as http://10.0.0.7:8080")));
+    match url::Url::parse(url) {
+        Err(error) => {
+            return Err(usage(format!("invalid --url {url:?}: {error}; write an absolute URL such as http://10.0.0.7:8080")))
+        }
+        Ok(parsed) if parsed.host().is_none() => {
+            return Err(usage(format!("invalid --url {url:?}: it has no host; write an absolute URL such as http://10.0.0.7:8080")))
+        }
+        Ok(_) if url.chars().any(|character| character.is_whitespace() || character.is_control()) => {
+            return Err(usage(format!("invalid --url {url:?}: it contains spaces or control characters; percent-encode them")))
+        }
+        Ok(_) => {}
     }
     Ok(())
 }
@@ -148,6 +168,9 @@ mod tests {
             ("bad duration", parse_duration("--timeout", "soon").map(|_| ()), "\"soon\""),
             ("zero duration", parse_duration("--timeout", "0s").map(|_| ()), "greater than zero"),
             ("unicast ipv4 group", parse_ipv4_group("10.0.0.1").map(|_| ()), "10.0.0.1"),
+            ("reserved ipv4 group", parse_ipv4_group("224.0.0.1").map(|_| ()), "reserved"),
+            ("url without host", check_instance("a", "mailto:x@y").map(|_| ()), "no host"),
+            ("url with space", check_instance("a", "http://x:1/ path").map(|_| ()), "spaces"),
             ("metadata without =", parse_metadata(&["zone".into()]).map(|_| ()), "\"zone\""),
             ("metadata without key", parse_metadata(&["=x".into()]).map(|_| ()), "KEY=VALUE"),
             ("missing key file", read_key_file(std::path::Path::new("/nonexistent/msd.keys")).map(|_| ()), "/nonexistent/msd.keys"),
@@ -165,6 +188,15 @@ mod tests {
         args.protocol = "udp".into();
         let error = Network::from_args(&args).unwrap_err();
         assert!(error.to_string().contains("\"udp\""), "{error}");
+    }
+
+    #[test]
+    fn empty_interface_rejected() {
+        let mut args = network("55c545258c440a731a50810425bc");
+        args.interfaces = vec![" ".into()];
+        let error = Network::from_args(&args).unwrap_err();
+        assert!(matches!(error, CliError::Usage(_)), "{error:?}");
+        assert!(error.to_string().contains("names no interface"), "{error}");
     }
 
     #[test]

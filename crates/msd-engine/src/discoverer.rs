@@ -246,6 +246,11 @@ impl Discoverer {
             // A native entry is richer; the same instance's seed packets do not change it.
             (SeedKind::Announce | SeedKind::Logoff, Some(host)) if native_entry(host.id) => {}
             (SeedKind::Announce, Some(host)) => self.seed_upsert(now, host, datagram),
+            // The seed protocol has no incarnation. A LOGOFF with another URL than the entry's
+            // comes from an old process whose id a new one took over, so it must not remove it.
+            (SeedKind::Logoff, Some(host)) if self.entries.get(host.id).is_some_and(|entry| entry.info.url != host.url) => {
+                self.reject("logoff_url_mismatch", datagram);
+            }
             (SeedKind::Logoff, Some(host)) => self.remove(now, host.id, DownReason::Logoff),
             (SeedKind::Announce | SeedKind::Logoff, None) => self.reject("no_host", datagram),
             (SeedKind::Discover | SeedKind::Other(_), _) => {}

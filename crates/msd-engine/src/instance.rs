@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -159,8 +159,12 @@ impl LogoffTemplate {
     }
 }
 
-/// A pending answer: to whom and in which protocol.
-type AnswerTarget = (SocketAddr, Protocol);
+/// Protocols a pending answer goes out in.
+#[derive(Debug, Clone, Copy, Default)]
+struct AnswerProtocols {
+    seed: bool,
+    native: bool,
+}
 
 /// The sans-IO instance: announces one service instance to its group and answers DISCOVERs.
 ///
@@ -181,8 +185,10 @@ pub struct Instance {
     seed_schedule: Backoff,
     native_schedule: Backoff,
     /// Answers waiting for their random delay, earliest first; the counter keeps keys distinct.
-    answers: BTreeMap<(Instant, u64), AnswerTarget>,
-    answer_targets: HashSet<AnswerTarget>,
+    /// One answer per sender: a discoverer that asks in both protocols gets both at once, native
+    /// first, so it never lists the instance from the seed answer alone.
+    answers: BTreeMap<(Instant, u64), SocketAddr>,
+    answer_targets: HashMap<SocketAddr, AnswerProtocols>,
     next_answer: u64,
     stopped: bool,
     transmits: VecDeque<Transmit>,
@@ -226,7 +232,7 @@ impl Instance {
             seed_schedule,
             native_schedule,
             answers: BTreeMap::new(),
-            answer_targets: HashSet::new(),
+            answer_targets: HashMap::new(),
             next_answer: 0,
             stopped: false,
             transmits: VecDeque::new(),
@@ -292,7 +298,7 @@ impl Instance {
             Packet::Seed(packet) => {
                 self.stats.received_seed.count_seed(packet.kind);
                 if packet.kind == SeedKind::Discover && self.protocols.seed() {
-                    self.schedule_answer(now, (datagram.source, Protocol::Seed));
+                    self.schedule_answer(now, datagram.source, Protocol::Seed);
                 }
             }
             Packet::Native(packet) => self.handle_native(now, &packet, &datagram),
@@ -312,7 +318,7 @@ impl Instance {
         let Some(kind) = packet.kind else { return };
         self.stats.received_native.count_native(kind);
         match kind {
-            NativeKind::Discover => self.schedule_answer(now, (datagram.source, Protocol::Native)),
+            NativeKind::Discover => self.schedule_answer(now, datagram.source, Protocol::Native),
             NativeKind::Probe if packet.id.is_none_or(|id| id == self.config.id) => {
                 trace!(source = %datagram.source, "answering probe");
                 self.queue_native(now, Destination::Unicast(datagram.source), NativeKind::Announce);
@@ -326,19 +332,24 @@ impl Instance {
         debug!(source = %datagram.source, reason, "dropped datagram");
     }
 
-    fn schedule_answer(&mut self, now: Instant, target: AnswerTarget) {
-        if self.answer_targets.contains(&target) {
+    fn schedule_answer(&mut self, now: Instant, source: SocketAddr, protocol: Protocol) {
+        if let Some(pending) = self.answer_targets.get_mut(&source) {
+            match protocol {
+                Protocol::Seed => pending.seed = true,
+                Protocol::Native => pending.native = true,
+            }
             return;
         }
         if self.answer_targets.len() >= self.config.max_pending_answers {
             self.stats.reject("answer_limit");
-            debug!(source = %target.0, "dropped discover: too many answers pending");
+            debug!(%source, "dropped discover: too many answers pending");
             return;
         }
         let delay = self.answer_delay();
-        trace!(source = %target.0, ?delay, "answer scheduled");
-        self.answer_targets.insert(target);
-        self.answers.insert((now + delay, self.next_answer), target);
+        trace!(%source, ?delay, "answer scheduled");
+        let protocols = AnswerProtocols { seed: protocol == Protocol::Seed, native: protocol == Protocol::Native };
+        self.answer_targets.insert(source, protocols);
+        self.answers.insert((now + delay, self.next_answer), source);
         self.next_answer += 1;
     }
 
@@ -352,13 +363,13 @@ impl Instance {
             if due > now {
                 break;
             }
-            let Some((_, target)) = self.answers.pop_first() else { break };
-            self.answer_targets.remove(&target);
-            match target {
-                (address, Protocol::Seed) => self.queue_seed(Destination::Unicast(address), SeedKind::Announce),
-                (address, Protocol::Native) => {
-                    self.queue_native(now, Destination::Unicast(address), NativeKind::Announce);
-                }
+            let Some((_, source)) = self.answers.pop_first() else { break };
+            let protocols = self.answer_targets.remove(&source).unwrap_or_default();
+            if protocols.native {
+                self.queue_native(now, Destination::Unicast(source), NativeKind::Announce);
+            }
+            if protocols.seed {
+                self.queue_seed(Destination::Unicast(source), SeedKind::Announce);
             }
         }
     }

@@ -232,3 +232,15 @@ fn latest_interface_is_recorded() {
     assert_eq!(info.source, other_source);
     assert_eq!(events(&mut discoverer).len(), 1, "only the first Up, no Changed for a new path");
 }
+
+#[test]
+fn logoff_with_other_url_keeps_successor() {
+    let (mut discoverer, now) = started();
+    deliver(&mut discoverer, now, &announce("web-1", "http://a:1"));
+    deliver(&mut discoverer, now, &announce("web-1", "http://a:2"));
+    events(&mut discoverer);
+    deliver(&mut discoverer, now, &logoff("web-1", "http://a:1"));
+    assert!(events(&mut discoverer).is_empty());
+    assert_eq!(discoverer.instance("web-1").unwrap().url, "http://a:2");
+    assert_eq!(discoverer.stats().rejected.get("logoff_url_mismatch"), Some(&1));
+}

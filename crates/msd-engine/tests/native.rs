@@ -401,3 +401,26 @@ fn logoff_template_is_accepted_after_heartbeats() {
     let events = events(&mut discoverer);
     assert!(matches!(events.as_slice(), [Event::Down { reason: DownReason::Logoff, .. }]), "{events:?}");
 }
+
+#[test]
+fn discover_in_both_protocols_answered_native_first() {
+    let now = Instant::now();
+    let config = InstanceConfig { incarnation: 1, ..InstanceConfig::new(GROUP, "web-1", "http://10.0.0.7:8080") };
+    let mut instance = Instance::new(config, now, UNIX_MS).unwrap();
+    instance.add_interface(now, LAN);
+    drain(&mut instance);
+    let seed_discover = msd_wire::seed::SeedPacket::DISCOVER.to_vec().unwrap();
+    let native_discover = NativePacket { kind: Some(NativeKind::Discover), group: Some(GROUP), timestamp_ms: UNIX_MS, ..NativePacket::default() }
+        .to_vec(None)
+        .unwrap();
+    // The seed DISCOVER arrives first, as it may when both leave one discoverer together.
+    for payload in [&seed_discover, &native_discover] {
+        instance.handle_datagram(now, Received { source: discoverer_address(), interface: LAN, payload });
+    }
+    instance.handle_timeout(now + Duration::from_millis(100));
+    let answers: Vec<Transmit> =
+        drain(&mut instance).into_iter().filter(|t| t.destination == Destination::Unicast(discoverer_address())).collect();
+    assert_eq!(answers.len(), 2);
+    assert!(msd_wire::native::is_native(&answers[0].payload), "native answer first");
+    assert!(!msd_wire::native::is_native(&answers[1].payload), "then the seed answer");
+}

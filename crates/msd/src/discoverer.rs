@@ -236,6 +236,11 @@ impl Discoverer {
         self.group
     }
 
+    /// Returns the names of the interfaces in use now. Empty while waiting for one to come up.
+    pub fn interfaces(&self) -> Vec<String> {
+        driver::interface_names(&self.shared)
+    }
+
     /// Returns the live instances, sorted by id.
     ///
     /// # Errors

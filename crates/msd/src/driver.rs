@@ -107,6 +107,12 @@ pub(crate) fn prepare<M: Machine>(
     Ok((driver, sender, shared))
 }
 
+/// Returns the names of the interfaces in use, for logs.
+pub(crate) fn interface_names(shared: &Shared) -> Vec<String> {
+    let interfaces = shared.interfaces.lock().map(|list| list.clone()).unwrap_or_default();
+    interfaces.iter().map(|(index, _)| crate::interface_name(*index).unwrap_or_else(|| format!("#{index}"))).collect()
+}
+
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }

@@ -259,6 +259,11 @@ impl Instance {
         self.network.group
     }
 
+    /// Returns the names of the interfaces in use now. Empty while waiting for one to come up.
+    pub fn interfaces(&self) -> Vec<String> {
+        driver::interface_names(&self.shared)
+    }
+
     /// Returns the traffic counters.
     ///
     /// # Errors
@@ -336,7 +341,6 @@ impl Instance {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        tracing::debug!(id = %self.id, "instance shut down");
         if sent {
             Ok(())
         } else {

@@ -32,11 +32,15 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
         builder = builder.metadata(key, value);
     }
     let instance = network.apply_instance(builder).start().await?;
-    info!(id = %args.id, url = %args.url, group = %network.group, "announcing");
+    let interfaces = instance.interfaces();
+    info!(id = ?args.id, url = ?args.url, group = %network.group, ?interfaces, "announcing");
+    if interfaces.is_empty() {
+        info!("no usable interface yet; waiting for one to come up");
+    }
 
     let signal = shutdown_signal().await?;
-    info!(signal, id = %args.id, "shutting down, sending logoff");
+    info!(signal, id = ?args.id, "shutting down, sending logoff");
     instance.shutdown().await?;
-    info!(id = %args.id, "logged off");
+    info!(id = ?args.id, "logged off");
     Ok(())
 }

@@ -5,7 +5,7 @@ use msd::{Discoverer, Event};
 use crate::args::BrowseArgs;
 use crate::commands::shutdown_signal;
 use crate::exit::CliError;
-use crate::output::{interface_label, print, table, EventJson, InstanceJson};
+use crate::output::{interface_label, print, printable, table, EventJson, InstanceJson};
 use crate::settings::{parse_duration, Network};
 
 /// How long `browse` listens without `--watch` or `--timeout`: long enough for the startup
@@ -33,9 +33,14 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     }
 
     let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let started = tokio::time::Instant::now();
+    let mut listened = timeout;
     tokio::select! {
         () = tokio::time::sleep(timeout) => {}
-        signal = shutdown_signal() => { signal?; }
+        signal = shutdown_signal() => {
+            signal?;
+            listened = started.elapsed();
+        }
     }
     let instances = discoverer.instances().await?;
     discoverer.shutdown().await;
@@ -47,7 +52,8 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
         print(&table(&instances, now));
     }
     if instances.is_empty() {
-        return Err(CliError::NothingFound(humantime::format_duration(timeout).to_string()));
+        let listened = Duration::from_millis(u64::try_from(listened.as_millis()).unwrap_or(u64::MAX));
+        return Err(CliError::NothingFound(humantime::format_duration(listened).to_string()));
     }
     Ok(())
 }
@@ -83,11 +89,13 @@ async fn watch(discoverer: &Discoverer, json: bool, timeout: Option<Duration>) -
 /// Returns one line describing an event, as `browse --watch` and `demo` print it.
 pub(crate) fn describe(event: &Event) -> String {
     match event {
-        Event::Up(info) => format!("up       {}  {}  via {} from {}", info.id, info.url, interface_label(info), info.source),
+        Event::Up(info) => {
+            format!("up       {}  {}  via {} from {}", printable(&info.id), printable(&info.url), interface_label(info), info.source)
+        }
         Event::Changed { previous, current } => {
             let mut changes = Vec::new();
             if previous.url != current.url {
-                changes.push(format!("url {} -> {}", previous.url, current.url));
+                changes.push(format!("url {} -> {}", printable(&previous.url), printable(&current.url)));
             }
             if previous.health != current.health {
                 changes.push(format!("health {} -> {}", previous.health, current.health));
@@ -104,9 +112,11 @@ pub(crate) fn describe(event: &Event) -> String {
             if changes.is_empty() {
                 changes.push("weight or metadata".to_owned());
             }
-            format!("changed  {}  {}", current.id, changes.join(", "))
+            format!("changed  {}  {}", printable(&current.id), changes.join(", "))
         }
-        Event::Down { instance, reason } => format!("down     {}  {}  ({reason})", instance.id, instance.url),
+        Event::Down { instance, reason } => {
+            format!("down     {}  {}  ({reason})", printable(&instance.id), printable(&instance.url))
+        }
     }
 }
 

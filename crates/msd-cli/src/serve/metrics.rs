@@ -30,6 +30,7 @@ const POLICY_REASONS: &[&str] = &[
     "protocol_disabled",
     "tombstone_limit",
     "missing_field",
+    "logoff_url_mismatch",
 ];
 
 #[derive(Debug)]

@@ -57,13 +57,37 @@ impl InterfaceState {
         } else if ip == IpVersion::V4 {
             "no IPv4 address"
         } else {
-            "no IPv6 link-local address"
+            "no usable IPv6 link-local address (none, or still in duplicate address detection)"
         }
     }
 }
 
+/// Flag of an IPv6 address still in duplicate address detection (`IFA_F_TENTATIVE` in Linux's
+/// `if_addr.h`). Sending from such an address fails with `EADDRNOTAVAIL`.
+const IFA_F_TENTATIVE: u32 = 0x40;
+
+/// Returns the link-local addresses that are still tentative, from `/proc/net/if_inet6`, whose
+/// lines read `<32 hex digits> <index> <prefix length> <scope> <flags> <name>`, all hexadecimal.
+/// An unreadable file yields none, so every address counts as usable.
+fn tentative_addresses() -> Vec<Ipv6Addr> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/if_inet6") else { return Vec::new() };
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.next()?;
+            let flags = u32::from_str_radix(fields.nth(3)?, 16).ok()?;
+            if flags & IFA_F_TENTATIVE == 0 {
+                return None;
+            }
+            let value = u128::from_str_radix(address, 16).ok()?;
+            Some(Ipv6Addr::from(value))
+        })
+        .collect()
+}
+
 /// Lists the machine's interfaces, by index.
 pub(crate) fn scan() -> std::io::Result<BTreeMap<InterfaceIndex, InterfaceState>> {
+    let tentative = tentative_addresses();
     let mut interfaces: BTreeMap<InterfaceIndex, InterfaceState> = BTreeMap::new();
     for entry in getifaddrs()? {
         let Ok(index) = if_nametoindex(entry.interface_name.as_str()) else { continue };
@@ -83,7 +107,7 @@ pub(crate) fn scan() -> std::io::Result<BTreeMap<InterfaceIndex, InterfaceState>
             state.ipv4.get_or_insert(v4.ip());
         } else if let Some(v6) = address.as_sockaddr_in6() {
             let ip = v6.ip();
-            if ip.is_unicast_link_local() {
+            if ip.is_unicast_link_local() && !tentative.contains(&ip) {
                 state.ipv6_link_local.get_or_insert(ip);
             }
         }
