@@ -1,6 +1,6 @@
 //! A deterministic network simulator that drives many instances and discoverers at once.
 //!
-//! A [`Sim`] holds nodes, each an [`Instance`] or a [`Discoverer`], on one simulated network
+//! A [`Sim`] runs nodes, each an [`Instance`] or a [`Discoverer`], on one simulated network
 //! segment. It owns a virtual clock and one seeded random number generator, so the same seed and
 //! the same calls give the same packets, in the same order, at the same virtual instants. Tests use
 //! it to check convergence, loss tolerance, crash detection and restarts over minutes or hours of
@@ -29,7 +29,7 @@
 //!   `poll_timeout`, or the arrival of a packet. Engines take no time to process input, so a
 //!   reply leaves at the instant its cause arrived. All nodes share one wall clock,
 //!   [`START_UNIX_MS`] at the start instant, so there is no clock skew between them.
-//! - A group packet is copied to every other running node on the segment; a unicast packet goes
+//! - A group packet is copied to every other running node on the segment. A unicast packet goes
 //!   to the node that owns the destination address. Each copy is lost with the current loss
 //!   probability, or else arrives after a latency drawn uniformly from the latency range, so
 //!   copies of one group packet arrive at different instants.
@@ -199,7 +199,7 @@ impl Cut {
 /// A deterministic network of instances and discoverers on a virtual clock. The module
 /// documentation describes the model and its limits.
 ///
-/// Nodes added or changed through the simulator act at [`Sim::now`]; time moves only in
+/// Nodes added or changed through the simulator act at [`Sim::now`]. Time moves only in
 /// [`Sim::run_until`], [`Sim::run_for`] and [`Sim::run_until_condition`].
 #[derive(Debug)]
 pub struct Sim {
@@ -338,14 +338,14 @@ impl Sim {
     }
 
     /// Replaces the engine of an instance node with a new one started from `config`, on the same
-    /// address, as a restarted process would be. The old engine stops without a LOGOFF; call
+    /// address, as a restarted process would be. The old engine stops without a LOGOFF, so call
     /// [`Sim::shutdown`] first for a graceful restart. Packets the old engine sent that are still
     /// in flight arrive as usual. The configuration should carry a higher incarnation than the
     /// old one, as the msd runtime's would.
     ///
     /// # Errors
     ///
-    /// Fails like [`Instance::new`]; the node is then left stopped.
+    /// Fails like [`Instance::new`], and the node is then left stopped.
     ///
     /// # Panics
     ///
@@ -362,8 +362,8 @@ impl Sim {
     }
 
     /// Replaces the engine of a discoverer node with a new one started from `config`, on the same
-    /// address. The new engine starts with an empty table; its events are appended to the node's
-    /// log.
+    /// address. The new engine starts with an empty table, and its events are appended to the
+    /// node's log.
     ///
     /// # Panics
     ///
@@ -410,8 +410,8 @@ impl Sim {
     ///
     /// # Panics
     ///
-    /// Panics when an engine asks to be woken no later than the instant whose timeout it just
-    /// handled, since the simulation could then never move on.
+    /// Panics when an engine's `poll_timeout` returns an instant no later than the one whose
+    /// timeout it just handled, since the simulation could then never move on.
     pub fn run_until(&mut self, deadline: Instant) {
         while self.step(deadline) {}
         self.now = self.now.max(deadline);
@@ -423,8 +423,8 @@ impl Sim {
     }
 
     /// Runs until `condition` holds, checking it before the first event and after each one, but
-    /// no further than `deadline`. Returns the virtual time at which it first held; with `None`
-    /// the clock stands at `deadline`.
+    /// no further than `deadline`. Returns the virtual time at which it first held, or `None`
+    /// with the clock at `deadline`.
     ///
     /// # Panics
     ///
@@ -554,7 +554,7 @@ impl Sim {
         node
     }
 
-    /// Handles the earliest arrival or deadline if it is due by `limit`; returns whether there
+    /// Handles the earliest arrival or deadline if it is due by `limit`, and returns whether there
     /// was one. An arrival goes before a deadline at the same instant.
     fn step(&mut self, limit: Instant) -> bool {
         let next_arrival = self.in_flight.peek().map(|Reverse(flight)| flight.arrival);
@@ -610,7 +610,9 @@ impl Sim {
             Engine::Discoverer(discoverer) => discoverer.handle_timeout(now),
         }
         if let Some(next) = state.engine.poll_timeout().filter(|&next| next <= now) {
-            panic!("{node} asks to be woken at {next:?} after handling its timeout at {now:?}");
+            panic!(
+                "{node} returned the deadline {next:?} after handling its timeout at {now:?}, so time cannot advance"
+            );
         }
         self.after_input(node);
     }

@@ -1,6 +1,6 @@
 //! Scenarios on the deterministic simulator: many nodes, loss, crashes, restarts, key rotation
-//! and partitions, on virtual time. Each scenario prints its key figures to stderr; run with
-//! `--nocapture` to see them.
+//! and partitions, on virtual time. Each scenario prints its key figures to stderr, which
+//! `--nocapture` shows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 
 const GROUP: GroupId = GroupId::from_bytes([0x55; 14]);
 
-/// The origin of every virtual clock in this file. The instant itself does not matter.
+/// Returns the instant that every virtual clock in this file starts from. Its value does not matter.
 #[expect(clippy::disallowed_methods, reason = "the virtual clock needs some instant to start from")]
 fn origin() -> Instant {
     Instant::now()
@@ -77,7 +77,7 @@ fn ms(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
 }
 
-/// The largest gap between two heartbeats: the interval plus its 20 % jitter.
+/// Returns the largest gap between two heartbeats: the interval plus its 20 % jitter.
 fn max_heartbeat_gap(config: &InstanceConfig) -> Duration {
     config.heartbeat_interval.mul_f64(1.2)
 }
@@ -87,7 +87,7 @@ fn thousand_instances_converge_at_three_discoverers() {
     const INSTANCES: usize = 1000;
     let start = origin();
     let mut sim = Sim::new(1, start);
-    // Instances ignore each other's heartbeats; delivering each one to 999 other instances would
+    // Instances ignore each other's heartbeats, and delivering each one to 999 other instances would
     // multiply the work by 300 and change nothing but their receive counters.
     sim.set_instances_hear_instances(false);
 
@@ -154,8 +154,8 @@ fn thousand_instances_converge_at_three_discoverers() {
         discoverers.len()
     );
 
-    // Heartbeats come every 0.8 to 1.2 heartbeat intervals; on top of them a seed ANNOUNCE every
-    // announce interval, and a native and a seed answer to each discoverer's periodic DISCOVER.
+    // Heartbeats come every 0.8 to 1.2 heartbeat intervals. On top of them come a seed ANNOUNCE
+    // every announce interval, and a native and a seed answer to each discoverer's periodic DISCOVER.
     let config = instance_config(0);
     let answers = 2.0 * discoverers.len() as f64 / DiscovererConfig::new(GROUP).discover_interval.as_secs_f64();
     let others = 1.0 / config.announce_interval.as_secs_f64() + answers;
@@ -169,8 +169,9 @@ fn thousand_instances_converge_at_three_discoverers() {
     }
 }
 
+/// Runs 30 instances and 2 discoverers for 30 virtual minutes with 10 % of packet copies lost.
 #[test]
-fn ten_percent_loss_for_thirty_minutes_loses_no_instance() {
+fn loss_removes_no_live_instance() {
     const INSTANCES: usize = 30;
     let start = origin();
     let mut sim = Sim::new(3, start);
@@ -309,7 +310,7 @@ fn shutdown_under_reordering_leaves_no_ghost() {
         let discoverer = sim.add_discoverer(DiscovererConfig::new(GROUP));
         let nodes = add_instances(&mut sim, 200);
 
-        // The discoverer's first periodic DISCOVER leaves at 20.75 s; answers wait up to 100 ms.
+        // The discoverer's first periodic DISCOVER leaves at 20.75 s, and answers wait up to 100 ms.
         sim.run_until(start + Duration::from_millis(20_800));
         for &node in &nodes {
             sim.shutdown(node);

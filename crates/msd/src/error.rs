@@ -16,7 +16,7 @@ pub enum Error {
     InterfaceNotFound { name: String },
 
     /// The loopback interface was named in IPv6 mode.
-    #[error("interface {name:?} is a loopback interface, which carries no IPv6 multicast; use IPv4 mode for it (`--ipv4` with the msd command)")]
+    #[error("interface {name:?} is a loopback interface, which carries no IPv6 multicast; use IPv4 mode (`--ipv4`) with it")]
     LoopbackNeedsIpv4 { name: String },
 
     /// Another program holds the port without sharing it.
