@@ -152,6 +152,34 @@ pub(crate) struct AnnounceArgs {
     /// Metadata entry KEY=VALUE; repeat for several
     #[arg(long = "metadata", short = 'm', value_name = "KEY=VALUE")]
     pub(crate) metadata: Vec<String>,
+
+    /// Health check: GET this URL (http only); 2xx or 3xx passes
+    #[arg(long, value_name = "URL", env = "MSD_CHECK_HTTP", conflicts_with = "check_tcp")]
+    pub(crate) check_http: Option<String>,
+
+    /// Health check: open a TCP connection to this HOST:PORT
+    #[arg(long, value_name = "ADDRESS", env = "MSD_CHECK_TCP")]
+    pub(crate) check_tcp: Option<String>,
+
+    /// Gap between health checks
+    #[arg(long, value_name = "DURATION", env = "MSD_CHECK_INTERVAL", default_value = "2s")]
+    pub(crate) check_interval: String,
+
+    /// Time one health check may take before it counts as failed
+    #[arg(long, value_name = "DURATION", env = "MSD_CHECK_TIMEOUT", default_value = "1s")]
+    pub(crate) check_timeout: String,
+
+    /// Consecutive failed checks before the instance is announced unhealthy
+    #[arg(long, value_name = "COUNT", env = "MSD_CHECK_FALL", default_value_t = 3)]
+    pub(crate) check_fall: u32,
+
+    /// Consecutive passed checks before an unhealthy instance is announced healthy again
+    #[arg(long, value_name = "COUNT", env = "MSD_CHECK_RISE", default_value_t = 2)]
+    pub(crate) check_rise: u32,
+
+    /// Health announced while the check fails: failing or draining
+    #[arg(long, value_name = "HEALTH", env = "MSD_CHECK_FAIL_HEALTH", default_value = "failing")]
+    pub(crate) check_fail_health: String,
 }
 
 #[derive(Debug, Args)]

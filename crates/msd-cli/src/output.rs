@@ -152,6 +152,9 @@ pub(crate) fn table(instances: &[InstanceInfo], now: Instant) -> String {
             ]
         })
         .collect();
+    // Cells longer than this are cut, so one huge id from the network cannot pad every row.
+    const MAX_CELL: usize = 64;
+    let rows: Vec<[String; 7]> = rows.into_iter().map(|row| row.map(|cell| shorten(cell, MAX_CELL))).collect();
     let mut widths = headers.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -170,6 +173,15 @@ pub(crate) fn table(instances: &[InstanceInfo], now: Instant) -> String {
         push_row(&row.each_ref().map(String::as_str));
     }
     out
+}
+
+fn shorten(cell: String, max: usize) -> String {
+    if cell.chars().count() <= max {
+        return cell;
+    }
+    let mut short: String = cell.chars().take(max - 1).collect();
+    short.push('…');
+    short
 }
 
 /// Writes to stdout; a closed pipe (`msd browse | head`) ends the program quietly.

@@ -58,6 +58,10 @@ pub struct DiscovererConfig {
     /// How long the last incarnation and sequence number of a removed instance are kept, so a
     /// late or replayed packet cannot bring it back. Default 60 s, twice `max_clock_skew`.
     pub tombstone_ttl: Duration,
+    /// Longest URL stored; longer announcements are dropped as `url_too_long`, so that a flood of
+    /// fake ids cannot make the table hold gigabytes. Default 4,096 bytes. Ids are limited to 255
+    /// bytes in both protocols (`id_too_long`).
+    pub max_url_len: usize,
     /// Seed of the random number generator, so that runs can be replayed.
     pub rng_seed: u64,
 }
@@ -82,6 +86,7 @@ impl DiscovererConfig {
             rate_burst: 100,
             max_clock_skew: Duration::from_secs(30),
             tombstone_ttl: Duration::from_secs(60),
+            max_url_len: 4096,
             rng_seed: 0,
         }
     }
@@ -150,6 +155,8 @@ pub struct Discoverer {
     next_serial: u64,
     discover_schedule: Backoff,
     rate_limiter: RateLimiter,
+    /// When the last warning about a full table was logged.
+    limit_warned: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -177,6 +184,7 @@ impl Discoverer {
             tombstones: HashMap::new(),
             next_serial: 0,
             discover_schedule,
+            limit_warned: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -242,6 +250,14 @@ impl Discoverer {
         trace!(source = %datagram.source, kind = ?packet.kind, "received seed packet");
         let native_entry =
             |id: &str| self.entries.get(id).is_some_and(|entry| entry.info.protocol == Protocol::Native);
+        if let Some(host) = packet.host {
+            if host.id.len() > msd_wire::native::MAX_ID_LEN {
+                return self.reject("id_too_long", datagram);
+            }
+            if host.url.len() > self.config.max_url_len {
+                return self.reject("url_too_long", datagram);
+            }
+        }
         match (packet.kind, packet.host) {
             // A native entry is richer; the same instance's seed packets do not change it.
             (SeedKind::Announce | SeedKind::Logoff, Some(host)) if native_entry(host.id) => {}
@@ -250,6 +266,9 @@ impl Discoverer {
             // comes from an old process whose id a new one took over, so it must not remove it.
             (SeedKind::Logoff, Some(host)) if self.entries.get(host.id).is_some_and(|entry| entry.info.url != host.url) => {
                 self.reject("logoff_url_mismatch", datagram);
+            }
+            (SeedKind::Logoff, Some(host)) if !self.from_known_address(host.id, datagram) => {
+                self.reject("logoff_from_other_address", datagram);
             }
             (SeedKind::Logoff, Some(host)) => self.remove(now, host.id, DownReason::Logoff),
             (SeedKind::Announce | SeedKind::Logoff, None) => self.reject("no_host", datagram),
@@ -365,6 +384,9 @@ impl Discoverer {
         else {
             return self.reject("missing_field", datagram);
         };
+        if url.len() > self.config.max_url_len {
+            return self.reject("url_too_long", datagram);
+        }
         let ttl = Duration::from_millis(u64::from(ttl_ms)).clamp(self.config.min_ttl, self.config.max_ttl);
         let deadline = now + ttl;
 
@@ -416,6 +438,9 @@ impl Discoverer {
         let (Some(id), Some(incarnation), Some(sequence)) = (packet.id, packet.incarnation, packet.sequence) else {
             return self.reject("missing_field", datagram);
         };
+        if !self.from_known_address(id, datagram) {
+            return self.reject("logoff_from_other_address", datagram);
+        }
         if let Some(entry) = self.entries.get(id) {
             if let Some(reason) = order_violation(&entry.info, incarnation, sequence) {
                 return self.reject(reason, datagram);
@@ -429,10 +454,32 @@ impl Discoverer {
         self.bury(now, id, incarnation, sequence);
     }
 
+    /// Returns whether a LOGOFF for `id` may be applied: it comes from the IP address the
+    /// instance was last heard from, or the packets are authenticated. Any port is fine, since a
+    /// dropped handle says goodbye from another socket. Without a key anyone on the link could
+    /// otherwise remove any instance with one packet.
+    fn from_known_address(&self, id: &str, datagram: &Received<'_>) -> bool {
+        if self.config.keys.is_some() {
+            return true;
+        }
+        self.entries.get(id).is_none_or(|entry| entry.info.source.ip() == datagram.source.ip())
+    }
+
     fn insert(&mut self, info: InstanceInfo, deadline: Instant, datagram: &Received<'_>) {
         if self.entries.len() >= self.config.max_instances.get() {
             self.stats.reject("instance_limit");
             debug!(id = %info.id, source = %datagram.source, "dropped announce: instance limit reached");
+            // New instances are invisible while the table is full, which an operator must hear
+            // about, but at most once a minute.
+            let now = info.first_seen;
+            if self.limit_warned.is_none_or(|last| now.saturating_duration_since(last) >= Duration::from_secs(60)) {
+                self.limit_warned = Some(now);
+                tracing::warn!(
+                    max = self.config.max_instances.get(),
+                    dropped = self.stats.rejected.get("instance_limit").copied().unwrap_or(0),
+                    "instance table full; new instances are not listed until others leave"
+                );
+            }
             return;
         }
         let serial = self.next_serial;

@@ -23,8 +23,9 @@
 //!
 //! # Model
 //!
-//! - One segment: every node has one interface, [`SEGMENT`], and its own address,
-//!   `[fe80::<n>%1]:40000` for node index `n - 1`. There is one node per host.
+//! - One segment: every node has one interface, [`SEGMENT`], and its own address on it. Node `i`
+//!   has `fe80::` plus `i + 1` in its last 32 bits, scope 1 and port [`PORT`], so node 0 is
+//!   `[fe80::1%1]:40000`. There is one node per host.
 //! - Time is virtual. The simulator jumps to the earliest pending event: a node's deadline from
 //!   `poll_timeout`, or the arrival of a packet. Engines take no time to process input, so a
 //!   reply leaves at the instant its cause arrived. All nodes share one wall clock,
@@ -43,15 +44,17 @@
 //!
 //! # Limitations
 //!
-//! - Packets are reordered only through their random latency. There is no bandwidth limit, no
-//!   queueing, no duplication, no corruption and no MTU.
+//! - Packets are reordered only through their random latency. That reorders two packets of one
+//!   sender whenever they leave closer together than the latency spread, which happens far more
+//!   often than on a real local network. There is no bandwidth limit, no queueing, no
+//!   duplication, no corruption and no MTU.
 //! - Loss is independent per copy, with no bursts.
 //! - There is one interface per node and one segment, so multi-homed hosts and routing between
 //!   segments are not modelled. Group membership takes effect at once, with no IGMP or MLD.
 //! - Engine clocks never drift or jump.
 //! - With [`Sim::set_instances_hear_instances`] turned off, group packets from instances reach
-//!   only discoverers. That changes nothing but the instances' receive counters, because an
-//!   instance acts only on DISCOVER and PROBE, which instances never send.
+//!   only discoverers. That changes nothing but the instances' [`Stats`](crate::Stats), because
+//!   an instance acts only on DISCOVER and PROBE, which instances never send.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -288,7 +291,7 @@ impl Sim {
     /// Sets whether group packets from instances reach other instances. Default: true.
     ///
     /// Instances act only on DISCOVER and PROBE, so turning this off changes nothing but their
-    /// receive counters. It saves the quadratic cost of every heartbeat reaching every instance,
+    /// [`Stats`](crate::Stats). It saves the quadratic cost of every heartbeat reaching every instance,
     /// which large simulations cannot afford.
     pub fn set_instances_hear_instances(&mut self, enabled: bool) {
         self.instances_hear_instances = enabled;
@@ -323,8 +326,8 @@ impl Sim {
         self.set_timer(node, None);
     }
 
-    /// Stops a node gracefully: an instance sends its LOGOFF first. A discoverer has nothing to
-    /// say when it leaves, so for it this is the same as [`Sim::crash`].
+    /// Stops a node gracefully: an instance sends its LOGOFF first. A discoverer sends nothing
+    /// when it leaves, so for it this is the same as [`Sim::crash`].
     pub fn shutdown(&mut self, node: NodeId) {
         let now = self.now;
         let state = self.node_mut(node);

@@ -244,3 +244,29 @@ fn logoff_with_other_url_keeps_successor() {
     assert_eq!(discoverer.instance("web-1").unwrap().url, "http://a:2");
     assert_eq!(discoverer.stats().rejected.get("logoff_url_mismatch"), Some(&1));
 }
+
+#[test]
+fn logoff_from_other_address_ignored() {
+    let (mut discoverer, now) = started();
+    deliver(&mut discoverer, now, &announce("web-1", "http://a:1"));
+    events(&mut discoverer);
+    let other: SocketAddr = SocketAddr::V6(SocketAddrV6::new("fe80::66".parse().unwrap(), 41000, 0, LAN.0));
+    let payload = logoff("web-1", "http://a:1");
+    discoverer.handle_datagram(now, Received { source: other, interface: LAN, payload: &payload });
+    assert!(events(&mut discoverer).is_empty());
+    assert_eq!(discoverer.stats().rejected.get("logoff_from_other_address"), Some(&1));
+    // The same address with another port is the instance's own farewell socket.
+    let own_other_port = SocketAddr::V6(SocketAddrV6::new("fe80::7".parse().unwrap(), 50000, 0, LAN.0));
+    discoverer.handle_datagram(now, Received { source: own_other_port, interface: LAN, payload: &payload });
+    assert_eq!(events(&mut discoverer).len(), 1);
+}
+
+#[test]
+fn oversized_id_and_url_rejected() {
+    let (mut discoverer, now) = started();
+    deliver(&mut discoverer, now, &announce(&"i".repeat(256), "http://a:1"));
+    deliver(&mut discoverer, now, &announce("web-1", &format!("http://a/{}", "u".repeat(5000))));
+    assert!(discoverer.is_empty());
+    assert_eq!(discoverer.stats().rejected.get("id_too_long"), Some(&1));
+    assert_eq!(discoverer.stats().rejected.get("url_too_long"), Some(&1));
+}

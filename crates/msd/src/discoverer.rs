@@ -270,7 +270,7 @@ impl Discoverer {
                 (instances, machine.events.subscribe())
             })
             .await?;
-        Ok((instances, Events { inner: BroadcastStream::new(receiver), lagged }))
+        Ok((instances, Events { inner: BroadcastStream::new(receiver), lagged, missed: 0 }))
     }
 
     /// Subscribes to changes. The first call returns every event since the discoverer started;
@@ -278,7 +278,7 @@ impl Discoverer {
     pub fn events(&self) -> Events {
         let first = self.first_receiver.lock().ok().and_then(|mut receiver| receiver.take());
         let receiver = first.unwrap_or_else(|| self.events.subscribe());
-        Events { inner: BroadcastStream::new(receiver), lagged: Arc::clone(&self.lagged) }
+        Events { inner: BroadcastStream::new(receiver), lagged: Arc::clone(&self.lagged), missed: 0 }
     }
 
     /// Returns the traffic counters.
@@ -331,9 +331,16 @@ impl Drop for Discoverer {
 pub struct Events {
     inner: BroadcastStream<Event>,
     lagged: Arc<AtomicU64>,
+    missed: u64,
 }
 
 impl Events {
+    /// Returns how many events this subscriber has lost by falling more than [`EVENT_BUFFER`]
+    /// events behind. When it grows, read [`Discoverer::instances`] to resynchronise.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
     /// Waits for the next event; `None` once the discoverer has stopped.
     pub async fn next(&mut self) -> Option<Event> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
@@ -349,6 +356,7 @@ impl Stream for Events {
                 Poll::Ready(Some(Ok(event))) => return Poll::Ready(Some(event)),
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
                     self.lagged.fetch_add(missed, Ordering::Relaxed);
+                    self.missed += missed;
                     tracing::debug!(missed, "event subscriber fell behind and lost events");
                 }
                 Poll::Ready(None) => return Poll::Ready(None),

@@ -24,6 +24,9 @@ use crate::{Error, IpVersion};
 /// Datagrams read from one socket before the loop looks at its other inputs again.
 const RECEIVE_BATCH: usize = 64;
 
+/// Shortest gap between two warnings about failed sends.
+const SEND_WARNING_GAP: Duration = Duration::from_secs(10);
+
 /// The engine interface the driver needs; implemented for instances and discoverers.
 pub(crate) trait Machine: Send + 'static {
     fn add_interface(&mut self, now: Instant, interface: InterfaceIndex);
@@ -52,6 +55,10 @@ pub(crate) struct Shared {
     pub(crate) interfaces: Mutex<Vec<(InterfaceIndex, Option<Ipv4Addr>)>>,
     /// Set when the handle is gone; the task sends nothing after seeing it.
     pub(crate) stopping: AtomicBool,
+    /// A duplicate of the private socket, for the best-effort LOGOFF of a dropped handle. It was
+    /// opened with the engine, so it sends in the right network namespace whichever thread drops
+    /// the handle.
+    pub(crate) farewell: Mutex<Option<socket2::Socket>>,
     pub(crate) counters: DriverCounters,
 }
 
@@ -61,6 +68,8 @@ pub(crate) struct DriverCounters {
     pub(crate) truncated: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) receive_errors: AtomicU64,
+    pub(crate) foreign_interface: AtomicU64,
+    pub(crate) off_link: AtomicU64,
 }
 
 pub(crate) struct Driver<M> {
@@ -76,6 +85,7 @@ pub(crate) struct Driver<M> {
     commands: mpsc::Receiver<Command<M>>,
     shared: Arc<Shared>,
     role: &'static str,
+    last_send_warning: Option<Instant>,
 }
 
 /// Opens the sockets and joins the interfaces available now, so that setup errors reach the
@@ -90,6 +100,9 @@ pub(crate) fn prepare<M: Machine>(
     let private_socket = socket::private_socket(network.ip)?;
     let (sender, commands) = mpsc::channel(64);
     let shared = Arc::new(Shared::default());
+    if let Ok(mut farewell) = shared.farewell.lock() {
+        *farewell = socket2::SockRef::from(&private_socket).try_clone().ok();
+    }
     let mut driver = Driver {
         machine,
         group: network.group_address(),
@@ -102,6 +115,7 @@ pub(crate) fn prepare<M: Machine>(
         commands,
         shared: Arc::clone(&shared),
         role,
+        last_send_warning: None,
     };
     driver.rescan(now());
     Ok((driver, sender, shared))
@@ -162,12 +176,12 @@ impl<M: Machine> Driver<M> {
                 },
                 ready = self.group_socket.readable() => {
                     if ready.is_ok() {
-                        receive_batch(&self.group_socket, &mut buffer, &mut self.machine, &self.shared);
+                        receive_batch(&self.group_socket, &mut buffer, &mut self.machine, &self.shared, &self.active);
                     }
                 }
                 ready = self.private_socket.readable() => {
                     if ready.is_ok() {
-                        receive_batch(&self.private_socket, &mut buffer, &mut self.machine, &self.shared);
+                        receive_batch(&self.private_socket, &mut buffer, &mut self.machine, &self.shared, &self.active);
                     }
                 }
                 () = sleep_until(deadline) => self.machine.handle_timeout(now()),
@@ -196,9 +210,11 @@ impl<M: Machine> Driver<M> {
                 Ok(_) => trace!(%destination, len = transmit.payload.len(), "sent"),
                 Err(error) => {
                     let count = self.shared.counters.send_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                    // Logged on the first error and then once per hundred, so a dead link
-                    // cannot flood the log.
-                    if count % 100 == 1 {
+                    // At most one warning per ten seconds, with the running count, so a dead link
+                    // or a flood of requests from bad addresses cannot flood the log.
+                    let now = Instant::now();
+                    if self.last_send_warning.is_none_or(|last| now.duration_since(last) >= SEND_WARNING_GAP) {
+                        self.last_send_warning = Some(now);
                         warn!(role = self.role, %destination, %error, count, "send failed");
                     }
                 }
@@ -304,8 +320,17 @@ fn log_start(role: &'static str, network: &NetworkConfig, group: IpAddr) {
     debug!(role, group_id = %network.group, %group, port = network.port, "started");
 }
 
-/// Reads up to [`RECEIVE_BATCH`] waiting datagrams from `socket` into the engine.
-fn receive_batch<M: Machine>(socket: &UdpSocket, buffer: &mut [u8], machine: &mut M, shared: &Shared) {
+/// Reads up to [`RECEIVE_BATCH`] waiting datagrams from `socket` into the engine. Datagrams
+/// that arrived on an interface not in use, or from a sender that is not on that interface's
+/// link, are dropped and counted: the sockets are bound to the wildcard address, so the kernel
+/// delivers unicast from every interface.
+fn receive_batch<M: Machine>(
+    socket: &UdpSocket,
+    buffer: &mut [u8],
+    machine: &mut M,
+    shared: &Shared,
+    active: &BTreeMap<InterfaceIndex, InterfaceState>,
+) {
     for _ in 0..RECEIVE_BATCH {
         let received = socket.try_io(Interest::READABLE, || socket::receive(socket, buffer));
         let datagram = match received {
@@ -327,6 +352,16 @@ fn receive_batch<M: Machine>(socket: &UdpSocket, buffer: &mut [u8], machine: &mu
             debug!(source = %datagram.source, "dropped datagram without packet information");
             continue;
         };
+        let Some(state) = active.get(&interface) else {
+            shared.counters.foreign_interface.fetch_add(1, Ordering::Relaxed);
+            trace!(source = %datagram.source, %interface, "dropped datagram from an interface not in use");
+            continue;
+        };
+        if !state.on_link(datagram.source.ip()) || datagram.source.port() == 0 {
+            shared.counters.off_link.fetch_add(1, Ordering::Relaxed);
+            trace!(source = %datagram.source, interface = %state.name, "dropped datagram from off the link");
+            continue;
+        }
         let payload = buffer.get(..datagram.len).unwrap_or_default();
         machine.handle_datagram(now(), Received { source: datagram.source, interface, payload });
     }
@@ -339,25 +374,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends `payloads` to the group on every interface from a fresh blocking socket. Used when a
-/// handle is dropped without `shutdown`, where no task may be left to send them.
+/// Sends `payloads` to the group on every interface, from the duplicate of the private socket
+/// made at start. Used when a handle is dropped without `shutdown`, where no task may be left to
+/// send them. Sends that would block are skipped: this is best effort.
 pub(crate) fn send_best_effort(network: &NetworkConfig, shared: &Shared, payloads: &[Vec<u8>]) {
     let interfaces = shared.interfaces.lock().map(|list| list.clone()).unwrap_or_default();
-    if interfaces.is_empty() {
-        return;
-    }
+    let Ok(farewell) = shared.farewell.lock() else { return };
+    let Some(socket) = farewell.as_ref() else { return };
     let group = network.group_address();
-    let domain = match network.ip {
-        IpVersion::V4 => socket2::Domain::IPV4,
-        IpVersion::V6 => socket2::Domain::IPV6,
-    };
-    let Ok(socket) = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)) else {
-        return;
-    };
-    let _ = match network.ip {
-        IpVersion::V4 => socket.set_multicast_ttl_v4(1),
-        IpVersion::V6 => socket.set_multicast_hops_v6(1),
-    };
     for (index, ipv4) in interfaces {
         if let (IpVersion::V4, Some(address)) = (network.ip, ipv4) {
             if socket.set_multicast_if_v4(&address).is_err() {

@@ -87,6 +87,10 @@ pub struct Stats {
     pub send_errors: u64,
     /// Failed reads, and datagrams without packet information.
     pub receive_errors: u64,
+    /// Datagrams that arrived on an interface not in use, dropped.
+    pub foreign_interface: u64,
+    /// Datagrams from a sender not on the arrival interface's link (or from port 0), dropped.
+    pub off_link: u64,
     /// Events lost by subscribers that fell behind (discoverers only).
     pub events_lagged: u64,
 }
@@ -98,6 +102,8 @@ impl Stats {
             truncated: counters.truncated.load(Ordering::Relaxed),
             send_errors: counters.send_errors.load(Ordering::Relaxed),
             receive_errors: counters.receive_errors.load(Ordering::Relaxed),
+            foreign_interface: counters.foreign_interface.load(Ordering::Relaxed),
+            off_link: counters.off_link.load(Ordering::Relaxed),
             events_lagged: 0,
         }
     }

@@ -4,6 +4,7 @@ use tracing::info;
 use crate::args::AnnounceArgs;
 use crate::commands::shutdown_signal;
 use crate::exit::CliError;
+use crate::commands::check::{CheckSettings, Probe};
 use crate::settings::{check_instance, parse_duration, parse_metadata, usage, Network};
 
 pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
@@ -14,6 +15,7 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
     let ttl = parse_duration("--ttl", &args.ttl)?;
     let health: msd::Health = args.health.trim().parse().map_err(usage)?;
     let metadata = parse_metadata(&args.metadata)?;
+    let check = check_settings(&args, health)?;
 
     let mut builder = Instance::builder(network.group)
         .id(args.id.clone())
@@ -38,9 +40,55 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
         info!("no usable interface yet; waiting for one to come up");
     }
 
-    let signal = shutdown_signal().await?;
+    let signal = match check {
+        Some(settings) => {
+            tokio::select! {
+                signal = shutdown_signal() => signal?,
+                () = super::check::run(&instance, settings) => shutdown_signal().await?,
+            }
+        }
+        None => shutdown_signal().await?,
+    };
     info!(signal, id = ?args.id, "shutting down, sending logoff");
     instance.shutdown().await?;
     info!(id = ?args.id, "logged off");
     Ok(())
+}
+
+fn check_settings(args: &AnnounceArgs, healthy: msd::Health) -> Result<Option<CheckSettings>, CliError> {
+    let probe = match (&args.check_http, &args.check_tcp) {
+        (Some(url), _) => {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|error| usage(format!("invalid --check-http {url:?}: {error}; write a URL such as http://127.0.0.1:8080/health")))?;
+            if parsed.scheme() != "http" {
+                return Err(usage(format!(
+                    "invalid --check-http {url:?}: only http URLs are checked; use --check-tcp for other services"
+                )));
+            }
+            Probe::Http(parsed)
+        }
+        (None, Some(address)) => {
+            if address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return Err(usage(format!("invalid --check-tcp {address:?}: write HOST:PORT, such as 127.0.0.1:5432")));
+            }
+            Probe::Tcp(address.clone())
+        }
+        (None, None) => return Ok(None),
+    };
+    let unhealthy: msd::Health = args.check_fail_health.trim().parse().map_err(usage)?;
+    if unhealthy == msd::Health::Serving {
+        return Err(usage("invalid --check-fail-health serving: choose failing or draining".into()));
+    }
+    if args.check_fall == 0 || args.check_rise == 0 {
+        return Err(usage("invalid --check-fall or --check-rise 0: both must be at least 1".into()));
+    }
+    Ok(Some(CheckSettings {
+        probe,
+        interval: parse_duration("--check-interval", &args.check_interval)?,
+        timeout: parse_duration("--check-timeout", &args.check_timeout)?,
+        fall: args.check_fall,
+        rise: args.check_rise,
+        unhealthy,
+        healthy,
+    }))
 }

@@ -1,6 +1,7 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use msd::{Discoverer, Event};
+use msd::{Discoverer, Event, InstanceInfo};
 
 use crate::args::BrowseArgs;
 use crate::commands::shutdown_signal;
@@ -70,6 +71,8 @@ async fn watch(discoverer: &Discoverer, json: bool, timeout: Option<Duration>) -
     tokio::pin!(stop);
     let signal = shutdown_signal();
     tokio::pin!(signal);
+    let mut known = BTreeMap::new();
+    let mut missed = 0;
     loop {
         let event = tokio::select! {
             event = events.next() => event,
@@ -77,13 +80,61 @@ async fn watch(discoverer: &Discoverer, json: bool, timeout: Option<Duration>) -
             signal = &mut signal => return signal.map(|_| ()),
         };
         let Some(event) = event else { return Ok(()) };
-        let now = msd_now();
-        if json {
-            print(&format!("{}\n", to_json(&EventJson::new(&event, now))?));
-        } else {
-            print(&format!("{}\n", describe(&event)));
+        if events.missed() > missed {
+            missed = events.missed();
+            eprintln!("msd: output fell behind and {missed} events were lost; printing the differences from the current table");
+            for repair in resynchronise(&mut known, discoverer.instances().await?) {
+                emit(&repair, json)?;
+            }
+            continue;
+        }
+        track(&mut known, &event);
+        emit(&event, json)?;
+    }
+}
+
+fn emit(event: &Event, json: bool) -> Result<(), CliError> {
+    if json {
+        print(&format!("{}\n", to_json(&EventJson::new(event, msd_now()))?));
+    } else {
+        print(&format!("{}\n", describe(event)));
+    }
+    Ok(())
+}
+
+/// Keeps the watcher's own view of the table, to repair it after lost events.
+fn track(known: &mut BTreeMap<String, InstanceInfo>, event: &Event) {
+    match event {
+        Event::Up(info) | Event::Changed { current: info, .. } => {
+            known.insert(info.id.clone(), info.clone());
+        }
+        Event::Down { instance, .. } => {
+            known.remove(&instance.id);
         }
     }
+}
+
+/// Returns the events that turn the watcher's view into the current table. Instances that
+/// vanished meanwhile are reported as expired, the closest reason msd can know.
+fn resynchronise(known: &mut BTreeMap<String, InstanceInfo>, current: Vec<InstanceInfo>) -> Vec<Event> {
+    let mut repairs = Vec::new();
+    let current: BTreeMap<String, InstanceInfo> = current.into_iter().map(|info| (info.id.clone(), info)).collect();
+    for (id, old) in known.iter() {
+        if !current.contains_key(id) {
+            repairs.push(Event::Down { instance: old.clone(), reason: msd::DownReason::Expired });
+        }
+    }
+    for (id, info) in &current {
+        match known.get(id) {
+            None => repairs.push(Event::Up(info.clone())),
+            Some(old) if old.url != info.url || old.health != info.health || old.incarnation != info.incarnation => {
+                repairs.push(Event::Changed { previous: old.clone(), current: info.clone() });
+            }
+            Some(_) => {}
+        }
+    }
+    *known = current;
+    repairs
 }
 
 /// Returns one line describing an event, as `browse --watch` and `demo` print it.

@@ -1,5 +1,6 @@
 mod announce;
 mod browse;
+mod check;
 mod demo;
 mod group;
 mod key;

@@ -31,6 +31,9 @@ const POLICY_REASONS: &[&str] = &[
     "tombstone_limit",
     "missing_field",
     "logoff_url_mismatch",
+    "logoff_from_other_address",
+    "id_too_long",
+    "url_too_long",
 ];
 
 #[derive(Debug)]
@@ -166,7 +169,12 @@ impl Metrics {
                 decode_total += count;
             }
         }
-        for (reason, count) in [("truncated_datagram", stats.truncated), ("receive_error", stats.receive_errors)] {
+        for (reason, count) in [
+            ("truncated_datagram", stats.truncated),
+            ("receive_error", stats.receive_errors),
+            ("foreign_interface", stats.foreign_interface),
+            ("off_link", stats.off_link),
+        ] {
             add(format!("rejected/{reason}"), count, &self.rejections.get_or_create(&vec![("reason", reason.to_owned())]));
         }
         add("decode".to_owned(), decode_total, &self.decode_failures);

@@ -30,7 +30,28 @@ pub(crate) struct InterfaceState {
     pub(crate) multicast: bool,
     pub(crate) loopback: bool,
     pub(crate) ipv4: Option<Ipv4Addr>,
+    /// Netmask of `ipv4`, to tell on-link senders from others.
+    pub(crate) ipv4_netmask: Option<Ipv4Addr>,
     pub(crate) ipv6_link_local: Option<Ipv6Addr>,
+}
+
+impl InterfaceState {
+    /// Returns whether `source` is on this interface's link: a link-local IPv6 address, or an
+    /// IPv4 address in the interface's subnet. Datagrams from anywhere else crossed a router,
+    /// which a link-local discovery protocol never does.
+    pub(crate) fn on_link(&self, source: std::net::IpAddr) -> bool {
+        match source {
+            std::net::IpAddr::V6(address) => address.is_unicast_link_local(),
+            std::net::IpAddr::V4(address) => {
+                if self.loopback {
+                    return address.is_loopback();
+                }
+                let (Some(own), Some(mask)) = (self.ipv4, self.ipv4_netmask) else { return false };
+                let mask = u32::from(mask);
+                u32::from(own) & mask == u32::from(address) & mask
+            }
+        }
+    }
 }
 
 impl InterfaceState {
@@ -100,11 +121,15 @@ pub(crate) fn scan() -> std::io::Result<BTreeMap<InterfaceIndex, InterfaceState>
             multicast: entry.flags.contains(InterfaceFlags::IFF_MULTICAST),
             loopback: entry.flags.contains(InterfaceFlags::IFF_LOOPBACK),
             ipv4: None,
+            ipv4_netmask: None,
             ipv6_link_local: None,
         });
         let Some(address) = entry.address else { continue };
         if let Some(v4) = address.as_sockaddr_in() {
-            state.ipv4.get_or_insert(v4.ip());
+            if state.ipv4.is_none() {
+                state.ipv4 = Some(v4.ip());
+                state.ipv4_netmask = entry.netmask.as_ref().and_then(|mask| mask.as_sockaddr_in()).map(|mask| mask.ip());
+            }
         } else if let Some(v6) = address.as_sockaddr_in6() {
             let ip = v6.ip();
             if ip.is_unicast_link_local() && !tentative.contains(&ip) {
@@ -143,6 +168,7 @@ mod tests {
             multicast: !loopback,
             loopback,
             ipv4: Some(if loopback { Ipv4Addr::LOCALHOST } else { Ipv4Addr::new(10, 0, 0, 2) }),
+            ipv4_netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
             ipv6_link_local: (!loopback).then(|| "fe80::2".parse().unwrap()),
         }
     }
@@ -163,6 +189,18 @@ mod tests {
         assert_eq!(select(&all, &named, IpVersion::V4).len(), 1);
         assert!(select(&all, &named, IpVersion::V6).is_empty());
         assert_eq!(all[&InterfaceIndex(1)].unusable_reason(IpVersion::V6), "loopback carries no IPv6 multicast");
+    }
+
+    #[test]
+    fn on_link_sources() {
+        let eth0 = state("eth0", false);
+        assert!(eth0.on_link("10.0.0.9".parse().unwrap()));
+        assert!(!eth0.on_link("10.0.1.9".parse().unwrap()));
+        assert!(eth0.on_link("fe80::9".parse().unwrap()));
+        assert!(!eth0.on_link("2001:db8::9".parse().unwrap()));
+        let lo = state("lo", true);
+        assert!(lo.on_link("127.0.0.1".parse().unwrap()));
+        assert!(!lo.on_link("10.0.0.9".parse().unwrap()));
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub(crate) fn group_socket(ip: IpVersion, port: u16) -> Result<UdpSocket, Error>
 /// Opens the private socket on an ephemeral port.
 pub(crate) fn private_socket(ip: IpVersion) -> Result<UdpSocket, Error> {
     let socket = new_socket(ip).map_err(|source| Error::io("open the private socket", source))?;
+    // Unicast answers and probes stay on the link, like the group traffic.
+    let unicast_hops = match ip {
+        IpVersion::V4 => socket.set_ttl_v4(1),
+        IpVersion::V6 => socket.set_unicast_hops_v6(1),
+    };
+    unicast_hops.map_err(|source| Error::io("set the unicast hop limit", source))?;
     socket
         .bind(&wildcard(ip, 0).into())
         .map_err(|source| Error::io("bind the private socket", source))?;

@@ -1,0 +1,145 @@
+//! Health checks of the service next to `msd announce`: an HTTP GET or a TCP connect on an
+//! interval, turned into the instance's announced health with rise and fall thresholds.
+
+use std::time::Duration;
+
+use msd::{Health, Instance};
+use tracing::{debug, info, warn};
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub(crate) enum Probe {
+    /// A GET that must answer 2xx or 3xx within the timeout.
+    Http(reqwest::Url),
+    /// A TCP connection that must open within the timeout.
+    Tcp(String),
+}
+
+/// How to check and what to announce.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckSettings {
+    pub(crate) probe: Probe,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    /// Consecutive failures before the instance is marked unhealthy.
+    pub(crate) fall: u32,
+    /// Consecutive successes before an unhealthy instance is marked healthy again.
+    pub(crate) rise: u32,
+    /// Health announced while the check fails: failing or draining.
+    pub(crate) unhealthy: Health,
+    /// Health announced while the check passes.
+    pub(crate) healthy: Health,
+}
+
+/// Counts consecutive results and says when the announced health must change.
+#[derive(Debug)]
+pub(crate) struct Thresholds {
+    fall: u32,
+    rise: u32,
+    passes: u32,
+    failures: u32,
+    healthy: bool,
+}
+
+impl Thresholds {
+    pub(crate) fn new(fall: u32, rise: u32) -> Self {
+        Thresholds { fall: fall.max(1), rise: rise.max(1), passes: 0, failures: 0, healthy: true }
+    }
+
+    /// Records one result; returns the new state when it flips.
+    pub(crate) fn record(&mut self, passed: bool) -> Option<bool> {
+        if passed {
+            self.passes += 1;
+            self.failures = 0;
+            if !self.healthy && self.passes >= self.rise {
+                self.healthy = true;
+                return Some(true);
+            }
+        } else {
+            self.failures += 1;
+            self.passes = 0;
+            if self.healthy && self.failures >= self.fall {
+                self.healthy = false;
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// Runs the check until the task is dropped, updating the instance's health on each flip.
+pub(crate) async fn run(instance: &Instance, settings: CheckSettings) {
+    let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
+        Ok(client) => client,
+        Err(error) => {
+            warn!(%error, "failed to build the HTTP client; health check disabled");
+            return;
+        }
+    };
+    let mut thresholds = Thresholds::new(settings.fall, settings.rise);
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = check(&client, &settings).await;
+        if let Err(reason) = &result {
+            debug!(%reason, "health check failed");
+        }
+        let Some(healthy) = thresholds.record(result.is_ok()) else { continue };
+        let health = if healthy { settings.healthy } else { settings.unhealthy };
+        match &result {
+            Ok(()) => info!(%health, "health check passes again"),
+            Err(reason) => warn!(%health, %reason, "health check fails"),
+        }
+        if let Err(error) = instance.set_health(health).await {
+            warn!(%error, "failed to announce the new health");
+        }
+    }
+}
+
+async fn check(client: &reqwest::Client, settings: &CheckSettings) -> Result<(), String> {
+    match &settings.probe {
+        Probe::Http(url) => {
+            let response = client.get(url.clone()).send().await.map_err(|error| error.to_string())?;
+            let status = response.status();
+            if status.is_success() || status.is_redirection() {
+                Ok(())
+            } else {
+                Err(format!("{url} answered {status}"))
+            }
+        }
+        Probe::Tcp(address) => {
+            let connect = tokio::net::TcpStream::connect(address.as_str());
+            match tokio::time::timeout(settings.timeout, connect).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(format!("connect to {address}: {error}")),
+                Err(_) => Err(format!("connect to {address} timed out")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flips_after_thresholds() {
+        let mut thresholds = Thresholds::new(2, 3);
+        assert_eq!(thresholds.record(false), None, "one failure is not enough");
+        assert_eq!(thresholds.record(false), Some(false));
+        assert_eq!(thresholds.record(false), None, "already unhealthy");
+        assert_eq!(thresholds.record(true), None);
+        assert_eq!(thresholds.record(true), None);
+        assert_eq!(thresholds.record(true), Some(true));
+    }
+
+    #[test]
+    fn interrupted_streak_starts_over() {
+        let mut thresholds = Thresholds::new(2, 2);
+        assert_eq!(thresholds.record(false), None);
+        assert_eq!(thresholds.record(true), None);
+        assert_eq!(thresholds.record(false), None, "the streak restarted");
+        assert_eq!(thresholds.record(false), Some(false));
+    }
+}
