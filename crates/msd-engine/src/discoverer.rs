@@ -195,6 +195,14 @@ impl Discoverer {
         &self.config
     }
 
+    /// Replaces the key ring, for rotation without a restart. The table is kept. Setting a ring
+    /// where there was none, or removing it, also switches between authenticated and open mode.
+    pub fn set_keys(&mut self, keys: Option<KeyRing>) {
+        self.config.keys = keys;
+        self.protocols = self.config.effective_protocols();
+        debug!(primary = ?self.config.keys.as_ref().map(|ring| ring.primary().id()), "key ring replaced");
+    }
+
     /// Starts listening on an interface and sends a DISCOVER out of it at once.
     pub fn add_interface(&mut self, now: Instant, interface: InterfaceIndex) {
         let added = self.interfaces.insert(interface);
@@ -345,6 +353,11 @@ impl Discoverer {
     }
 
     fn seed_upsert(&mut self, now: Instant, host: SeedHost<'_>, datagram: &Received<'_>) {
+        // A seed ANNOUNCE carries no sequence number, so after a native LOGOFF it cannot be told
+        // from a late copy of one sent before it; while the tombstone lives it is ignored.
+        if !self.entries.contains_key(host.id) && self.tombstones.get(host.id).is_some_and(|tombstone| tombstone.until > now) {
+            return self.reject("logged_off", datagram);
+        }
         let deadline = now + self.config.expire_after;
         if let Some(entry) = self.entries.get_mut(host.id) {
             let previous = (entry.info.url != host.url).then(|| entry.info.clone());
@@ -393,6 +406,15 @@ impl Discoverer {
         if let Some(entry) = self.entries.get_mut(id) {
             if let Some(reason) = order_violation(&entry.info, incarnation, sequence) {
                 return self.reject(reason, datagram);
+            }
+            // A seed entry holds no order of its own; the tombstone of an earlier native LOGOFF
+            // still does.
+            if entry.info.incarnation.is_none() {
+                if let Some(tombstone) = self.tombstones.get(id).filter(|tombstone| tombstone.until > now) {
+                    if (incarnation, sequence) <= (tombstone.incarnation, tombstone.sequence) {
+                        return self.reject("old_sequence", datagram);
+                    }
+                }
             }
             let previous = entry.info.clone();
             apply_native(&mut entry.info, packet, url, incarnation, sequence, ttl);

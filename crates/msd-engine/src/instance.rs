@@ -29,6 +29,9 @@ pub struct InstanceConfig {
     pub keys: Option<KeyRing>,
     /// Changes on every restart; must grow from one run to the next so discoverers can tell a
     /// restart from a late packet. The msd runtime uses the start time in microseconds.
+    /// `InstanceConfig::new` sets 0, so code that drives the engine directly must set it: an
+    /// instance restarted with the same incarnation is ignored until its sequence number passes
+    /// the old one's.
     pub incarnation: u64,
     pub health: Health,
     pub weight: Option<u32>,
@@ -244,6 +247,23 @@ impl Instance {
         &self.config
     }
 
+    /// Replaces the key ring, for rotation without a restart; the next packet is signed with the
+    /// new primary key.
+    ///
+    /// # Errors
+    ///
+    /// Fails, keeping the old ring, when the announcement with the new ring's tag would no longer
+    /// fit one datagram.
+    pub fn set_keys(&mut self, keys: Option<KeyRing>) -> Result<(), EncodeError> {
+        let mut config = self.config.clone();
+        config.keys = keys;
+        config.check_size()?;
+        self.config = config;
+        self.protocols = self.config.effective_protocols();
+        debug!(id = %self.config.id, "key ring replaced");
+        Ok(())
+    }
+
     /// Returns a builder of this instance's LOGOFF packets that outlives the instance.
     pub fn logoff_template(&self) -> LogoffTemplate {
         LogoffTemplate { config: self.config.clone() }
@@ -434,6 +454,8 @@ impl Instance {
         for interface in interfaces {
             let destination = Destination::Group { interface };
             if self.protocols.native() {
+                // Twice, so that one lost packet does not leave the instance to expire.
+                self.queue_native(now, destination, NativeKind::Logoff);
                 self.queue_native(now, destination, NativeKind::Logoff);
             }
             if self.protocols.seed() {

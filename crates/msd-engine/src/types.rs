@@ -104,7 +104,7 @@ pub struct InstanceInfo {
     pub id: String,
     pub url: String,
     /// The protocol of the packets the entry is built from. Once an instance has been heard in
-    /// the native protocol, its seed packets only refresh it.
+    /// the native protocol, its seed packets are ignored.
     pub protocol: Protocol,
     /// Health as the instance reports it; always `Serving` for the seed protocol.
     pub health: Health,

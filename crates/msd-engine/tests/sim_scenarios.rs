@@ -293,14 +293,10 @@ fn shut_down_instance_logs_off() {
 /// Shuts down instances of both protocols while their answers to a periodic DISCOVER are still
 /// on their way, with latencies that reorder packets of one sender.
 ///
-/// A discoverer ignores a seed LOGOFF for an entry built from native packets, and its seed path
-/// never consults the tombstone that a native LOGOFF leaves. So when the seed LOGOFF overtakes
-/// the native LOGOFF, and a seed ANNOUNCE sent before the shutdown arrives after both, the stopped
-/// instance comes back as a seed entry until it expires 65.9 s later. A native ANNOUNCE older than
-/// the LOGOFF is then applied to that entry too, because the tombstone is consulted only when the
-/// id has no entry.
+/// A seed ANNOUNCE sent before the shutdown can arrive after both LOGOFFs. The tombstone that the
+/// native LOGOFF leaves must keep it, and any older native ANNOUNCE, from bringing the stopped
+/// instance back.
 #[test]
-#[ignore = "engine: a late seed ANNOUNCE brings a logged-off native instance back for 65.9 s"]
 fn shutdown_under_reordering_leaves_no_ghost() {
     let start = origin();
     let mut ghosts = Vec::new();
