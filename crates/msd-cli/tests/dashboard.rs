@@ -1,8 +1,8 @@
 //! The `msd serve` dashboard in a real browser: headless Chromium, driven over WebDriver, in a
 //! network-namespace lab.
 //!
-//! Host A runs `msd serve` on its loopback, chromedriver and Chromium; host B runs the
-//! instances. The test follows the server's event stream with its own client and measures how
+//! Host A runs chromedriver, Chromium and `msd serve`, which listens on A's loopback; host B runs
+//! the instances. The test follows the server's event stream with its own client and measures how
 //! long the page takes to show each change after that stream carried it.
 //!
 //! Needs root and the programs `chromium` and `chromedriver` (Debian packages `chromium` and
@@ -40,14 +40,15 @@ const PAGE_BOUND: Duration = Duration::from_secs(1);
 /// this gap plus one WebDriver round trip.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
-/// Phone viewport in CSS pixels (an iPhone 12 to 15).
+/// Phone viewport in CSS pixels, that of an iPhone 12 to 14.
 const PHONE: (u32, u32) = (390, 844);
 
-/// Desktop window of the screenshot.
+/// Window size at desktop width, for the screenshot.
 const DESKTOP: (u32, u32) = (1100, 400);
 
-/// Chromium flags: no sandbox because the test runs as root, and no background traffic such as
-/// update checks, sync or field trials.
+/// Chromium flags: headless, no sandbox because the test runs as root, and no background requests
+/// such as component updates and sync. Host A has no route beyond the lab, so such requests would
+/// fail anyway; the flags keep Chromium from trying.
 const CHROMIUM_FLAGS: &[&str] = &[
     "--headless",
     "--no-sandbox",
@@ -59,14 +60,17 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-sync",
 ];
 
+/// Error message the test logs in the page to check that the browser log works.
+const LOG_PROBE: &str = "msd test: browser log probe";
+
 /// Returns the health of the row for `arguments[0]`, or null when the page has no such row.
 const ROW_HEALTH_SCRIPT: &str = r#"
     const row = document.querySelector(`tr[data-id="${CSS.escape(arguments[0])}"]`);
     return row ? row.dataset.health : null;
 "#;
 
-/// Returns the widths of the viewport and of the page, and the box of every row with the right
-/// edge of its widest cell. `clientWidth` excludes a vertical scrollbar, `innerWidth` includes it.
+/// Returns the widths of the viewport and of the page, and the box of every row with the rightmost
+/// edge among its cells. `clientWidth` excludes a vertical scrollbar, `innerWidth` includes it.
 const LAYOUT_SCRIPT: &str = r##"
     const page = document.documentElement;
     return {
@@ -98,7 +102,11 @@ fn dashboard_shows_changes_within_second() {
 
 fn run_scenario(lab: &Lab, browser: &Browser) {
     let (a, b) = (lab.host(0), lab.host(1));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("build a tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime");
 
     let serve = msd(a, &["serve", "--group", GROUP, "--listen", LISTEN, "--interface", a.interface()]);
     let listening = serve.wait_for_line(WAIT, |line| line.contains("serving"));
@@ -110,8 +118,10 @@ fn run_scenario(lab: &Lab, browser: &Browser) {
     let page = runtime.block_on(Page::open(browser, profile.path()));
     runtime.block_on(page.wait_until_live());
 
+    let eu_west = ["region=eu-west", "version=1.4.2"];
+    let us_east = ["region=us-east", "version=1.5.0"];
     let mut instances = Vec::new();
-    for (id, metadata) in [("api-1", ["region=eu-west", "version=1.4.2"]), ("api-2", ["region=eu-west", "version=1.4.2"]), ("api-3", ["region=us-east", "version=1.5.0"])] {
+    for (id, metadata) in [("api-1", eu_west), ("api-2", eu_west), ("api-3", us_east)] {
         let started = Instant::now();
         let instance = announce(b, id, &metadata, "serving");
         let latency = runtime.block_on(page_latency(&page, &stream, id, "up", Some("serving")));
@@ -121,21 +131,23 @@ fn run_scenario(lab: &Lab, browser: &Browser) {
     }
     let first_url = format!("http://{}:8080/api-1", b.ipv4());
     let cells = runtime.block_on(page.row_cells("api-1"));
-    assert_eq!(cells["url"], first_url.as_str(), "URL cell of api-1");
-    assert_eq!(cells["meta"], "region=eu-west version=1.4.2", "metadata cell of api-1");
+    let cell = |class: &str| cells.get(class).and_then(Value::as_str).map(str::to_owned);
+    assert_eq!(cell("url"), Some(first_url), "URL cell of api-1 in {cells}");
+    assert_eq!(cell("meta").as_deref(), Some("region=eu-west version=1.4.2"), "metadata cell of api-1 in {cells}");
 
     // No command changes a running instance's health, so api-2 restarts with the same id and
     // health draining. The new incarnation replaces the old one in place.
     let killed = instances.remove(1);
     killed.signal(Signal::SIGKILL).expect("kill api-2");
     drop(killed);
-    let draining = announce(b, "api-2", &["region=eu-west", "version=1.4.2"], "draining");
+    let draining = announce(b, "api-2", &eu_west, "draining");
     let latency = runtime.block_on(page_latency(&page, &stream, "api-2", "changed", Some("draining")));
     eprintln!("dashboard: api-2 shown draining {latency:?} after its changed event");
     assert!(latency < PAGE_BOUND, "api-2 turned draining on the page {latency:?} after the changed event:\n{}", draining.output());
 
     if std::env::var("MSD_WRITE_SCREENSHOT").is_ok_and(|value| value == "1") {
-        runtime.block_on(page.save_screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png")));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboard.png");
+        runtime.block_on(page.save_screenshot(&path));
     }
 
     let mut leaving = instances.pop().expect("api-3 runs");
@@ -247,7 +259,7 @@ impl EventStream {
     /// Waits for the first event of `kind` about the instance `id` and returns when it arrived.
     async fn wait_for(&self, kind: &str, id: &str) -> Instant {
         let description = format!("a {kind} event for {id}");
-        self.wait_until(&description, |event| event.kind == kind && event.data["instance"]["id"] == id).await
+        self.wait_until(&description, |event| event.kind == kind && event.data.pointer("/instance/id").and_then(Value::as_str) == Some(id)).await
     }
 
     async fn wait_until(&self, description: &str, matches: impl Fn(&StreamEvent) -> bool) -> Instant {
@@ -312,7 +324,7 @@ impl Page {
     async fn wait_until_live(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let status = self.run("return document.getElementById('status').textContent;", vec![]).await;
+            let status = self.execute("return document.getElementById('status').textContent;", vec![]).await;
             if status == "live" {
                 return;
             }
@@ -326,7 +338,7 @@ impl Page {
     async fn wait_for_row(&self, id: &str, health: Option<&str>) -> Instant {
         let deadline = Instant::now() + WAIT;
         loop {
-            let shown = self.run(ROW_HEALTH_SCRIPT, vec![json!(id)]).await;
+            let shown = self.execute(ROW_HEALTH_SCRIPT, vec![json!(id)]).await;
             if shown.as_str() == health {
                 return Instant::now();
             }
@@ -343,28 +355,26 @@ impl Page {
             for (const cell of row.cells) cells[cell.classList[0]] = [...cell.childNodes].map((node) => node.textContent).join(" ");
             return cells;
         "#;
-        self.run(script, vec![json!(id)]).await
+        self.execute(script, vec![json!(id)]).await
     }
 
     /// Checks at phone width that the page does not scroll sideways and that each of the
     /// `expected_rows` rows, with all its cells, fits the viewport.
     ///
-    /// Headless Chromium draws a classic scrollbar, so the viewport is 15 px narrower than on a
-    /// phone with overlay scrollbars. The checks compare with `clientWidth`, which leaves the
-    /// scrollbar out.
+    /// When the page is taller than the window, headless Chromium draws a classic scrollbar that
+    /// takes 15 px of the width, which a phone's overlay scrollbar does not. The checks compare
+    /// with `clientWidth`, the width without that scrollbar.
     async fn check_phone_layout(&self, expected_rows: usize) {
         self.client.set_window_size(PHONE.0, PHONE.1).await.expect("set the window to phone size");
-        self.run("const s = document.createElement('style'); s.textContent = '@media (max-width: 700px) { tr, td { box-sizing: border-box; } }'; document.head.appendChild(s); return null;", vec![]).await;
-        let layout = self.run(LAYOUT_SCRIPT, vec![]).await;
-        eprintln!("DEBUG {layout}");
-        let number = |value: &Value, name: &str| value[name].as_f64().unwrap_or_else(|| panic!("{name} is not a number: {value}"));
+        let layout = self.execute(LAYOUT_SCRIPT, vec![]).await;
+        let number = |value: &Value, name: &str| value.get(name).and_then(Value::as_f64).unwrap_or_else(|| panic!("{name} is not a number in {value}"));
         let inner_width = number(&layout, "innerWidth");
         let client_width = number(&layout, "clientWidth");
         let scroll_width = number(&layout, "scrollWidth");
         assert!(inner_width <= f64::from(PHONE.0), "the window is {inner_width} px wide, not a phone's {} px", PHONE.0);
         assert!(scroll_width <= client_width, "at phone width the page is {scroll_width} px wide in a {client_width} px viewport, so it scrolls sideways");
 
-        let rows = layout["rows"].as_array().expect("rows is an array");
+        let rows = layout.get("rows").and_then(Value::as_array).expect("rows is an array");
         assert_eq!(rows.len(), expected_rows, "rows at phone width: {rows:?}");
         for row in rows {
             let visible = number(row, "width") > 0.0 && number(row, "height") > 0.0;
@@ -386,21 +396,27 @@ impl Page {
 
     /// Returns the console entries of level SEVERE (errors, uncaught exceptions, failed loads)
     /// logged since the session started.
+    ///
+    /// Logs an error of its own first and checks that it comes back, so that an empty result
+    /// means a clean page and not a browser log that collects nothing.
     async fn console_errors(&self) -> Vec<Value> {
+        self.execute(&format!("console.error('{LOG_PROBE}'); return null;"), vec![]).await;
         let entries = self.client.issue_cmd(BrowserLog).await.expect("read the browser log");
         let entries = entries.as_array().cloned().unwrap_or_default();
-        eprintln!("dashboard: {} console entries", entries.len());
+        let message = |entry: &Value| entry.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
+        assert!(entries.iter().any(|entry| message(entry).contains(LOG_PROBE)), "the browser log lacks the probe: {entries:#?}");
+
         // NOTE: the page declares no icon, so Chromium requests /favicon.ico, which the server
         // answers with 404 and Chromium logs as an error. That entry is left out here.
-        let missing_icon = |entry: &Value| entry["message"].as_str().is_some_and(|message| message.contains("/favicon.ico "));
-        entries.into_iter().filter(|entry| entry["level"] == "SEVERE" && !missing_icon(entry)).collect()
+        let expected = |entry: &Value| message(entry).contains(LOG_PROBE) || message(entry).contains("/favicon.ico ");
+        entries.into_iter().filter(|entry| entry.get("level") == Some(&json!("SEVERE")) && !expected(entry)).collect()
     }
 
     async fn close(self) {
         self.client.close().await.expect("end the Chromium session");
     }
 
-    async fn run(&self, script: &str, arguments: Vec<Value>) -> Value {
+    async fn execute(&self, script: &str, arguments: Vec<Value>) -> Value {
         self.client.execute(script, arguments).await.unwrap_or_else(|error| panic!("script failed in the page: {error}"))
     }
 }

@@ -293,6 +293,16 @@ impl Discoverer {
         Ok(stats)
     }
 
+    /// Replaces the key ring without a restart; the table is kept. This is how a running
+    /// discoverer takes part in a key rotation.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Stopped`] when the background task has ended.
+    pub async fn set_keys(&self, keys: KeyRing) -> Result<(), Error> {
+        self.ask(move |machine| machine.engine.set_keys(Some(keys))).await
+    }
+
     /// Stops discovering and leaves the group.
     pub async fn shutdown(mut self) {
         let (reply, done) = oneshot::channel();

@@ -191,7 +191,14 @@ impl InstanceBuilder {
         let (driver, commands, shared) = driver::prepare(engine, self.network.clone(), "instance")?;
         let task = tokio::spawn(driver.run());
         tracing::debug!(id = %self.engine.id, url = %self.engine.url, "instance started");
-        Ok(Instance { id: self.engine.id, network: self.network, commands, shared, task: Some(task), logoff })
+        Ok(Instance {
+            id: self.engine.id,
+            network: self.network,
+            commands,
+            shared,
+            task: Some(task),
+            logoff: std::sync::Mutex::new(logoff),
+        })
     }
 }
 
@@ -242,7 +249,8 @@ pub struct Instance {
     commands: mpsc::Sender<Command<msd_engine::Instance>>,
     shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
-    logoff: LogoffTemplate,
+    /// Rebuilt when the key ring changes, so a drop-time LOGOFF is signed with the current key.
+    logoff: std::sync::Mutex<LogoffTemplate>,
 }
 
 impl Instance {
@@ -316,6 +324,29 @@ impl Instance {
         self.update(move |engine, now| engine.set_metadata(now, metadata)).await
     }
 
+    /// Replaces the key ring without a restart: the next packet is signed with the new primary
+    /// key. This is how a running instance takes part in a key rotation.
+    ///
+    /// # Errors
+    ///
+    /// Fails, keeping the old ring, when the announcement would no longer fit one datagram;
+    /// returns [`Error::Stopped`] when the background task has ended.
+    pub async fn set_keys(&self, keys: KeyRing) -> Result<(), Error> {
+        let template = {
+            let (reply, answer) = oneshot::channel();
+            let job = Box::new(move |engine: &mut msd_engine::Instance, _now| {
+                let result = engine.set_keys(Some(keys)).map(|()| engine.logoff_template());
+                let _ = reply.send(result);
+            });
+            self.commands.send(Command::Run(job)).await.map_err(|_| Error::Stopped)?;
+            answer.await.map_err(|_| Error::Stopped)??
+        };
+        if let Ok(mut logoff) = self.logoff.lock() {
+            *logoff = template;
+        }
+        Ok(())
+    }
+
     async fn update(
         &self,
         change: impl FnOnce(&mut msd_engine::Instance, Instant) -> Result<(), msd_wire::EncodeError> + Send + 'static,
@@ -344,9 +375,16 @@ impl Instance {
         if sent {
             Ok(())
         } else {
-            driver::send_best_effort(&self.network, &self.shared, &self.logoff.packets(driver::unix_millis()));
+            driver::send_best_effort(&self.network, &self.shared, &self.logoff_packets());
             Err(Error::Stopped)
         }
+    }
+}
+
+impl Instance {
+    fn logoff_packets(&self) -> Vec<Vec<u8>> {
+        let unix_ms = driver::unix_millis();
+        self.logoff.lock().map(|template| template.packets(unix_ms)).unwrap_or_default()
     }
 }
 
@@ -356,7 +394,7 @@ impl Drop for Instance {
         let Some(task) = self.task.take() else { return };
         self.shared.stopping.store(true, Ordering::Release);
         task.abort();
-        driver::send_best_effort(&self.network, &self.shared, &self.logoff.packets(driver::unix_millis()));
+        driver::send_best_effort(&self.network, &self.shared, &self.logoff_packets());
     }
 }
 

@@ -1,8 +1,8 @@
 use msd::Instance;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::args::AnnounceArgs;
-use crate::commands::shutdown_signal;
+use crate::commands::{hangup_signals, reload_keys, shutdown_signal};
 use crate::exit::CliError;
 use crate::commands::check::{CheckSettings, Probe};
 use crate::settings::{check_instance, parse_duration, parse_metadata, usage, Network};
@@ -40,15 +40,31 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
         info!("no usable interface yet; waiting for one to come up");
     }
 
-    let signal = match check {
-        Some(settings) => {
-            tokio::select! {
-                signal = shutdown_signal() => signal?,
-                () = super::check::run(&instance, settings) => shutdown_signal().await?,
-            }
+    let mut checks = Box::pin(async {
+        match check {
+            Some(settings) => super::check::run(&instance, settings).await,
+            None => std::future::pending().await,
         }
-        None => shutdown_signal().await?,
+    });
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut hangups = hangup_signals()?;
+    let signal = loop {
+        tokio::select! {
+            signal = &mut stop => break signal?,
+            _ = hangups.recv() => {
+                if let Some(keys) = reload_keys(args.network.key_file.as_deref()) {
+                    match instance.set_keys(keys).await {
+                        Ok(()) => info!("key ring reloaded"),
+                        Err(error) => warn!(%error, "failed to apply the reloaded key ring; keeping the old one"),
+                    }
+                }
+            }
+            () = &mut checks => {}
+        }
     };
+    // The checks borrow the instance; end them before it shuts down.
+    drop(checks);
     info!(signal, id = ?args.id, "shutting down, sending logoff");
     instance.shutdown().await?;
     info!(id = ?args.id, "logged off");

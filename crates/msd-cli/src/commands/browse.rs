@@ -4,7 +4,7 @@ use std::time::Duration;
 use msd::{Discoverer, Event, InstanceInfo};
 
 use crate::args::BrowseArgs;
-use crate::commands::shutdown_signal;
+use crate::commands::{hangup_signals, reload_keys, shutdown_signal};
 use crate::exit::CliError;
 use crate::output::{interface_label, print, printable, table, EventJson, InstanceJson};
 use crate::settings::{parse_duration, Network};
@@ -28,7 +28,7 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
         .await?;
 
     if args.watch {
-        watch(&discoverer, args.json, timeout).await?;
+        watch(&discoverer, args.json, timeout, args.network.key_file.as_deref()).await?;
         discoverer.shutdown().await;
         return Ok(());
     }
@@ -59,7 +59,13 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn watch(discoverer: &Discoverer, json: bool, timeout: Option<Duration>) -> Result<(), CliError> {
+/// Prints changes until the timeout or a signal; SIGHUP reloads the key file.
+async fn watch(
+    discoverer: &Discoverer,
+    json: bool,
+    timeout: Option<Duration>,
+    key_file: Option<&std::path::Path>,
+) -> Result<(), CliError> {
     let mut events = discoverer.events();
     let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
     let stop = async {
@@ -73,11 +79,21 @@ async fn watch(discoverer: &Discoverer, json: bool, timeout: Option<Duration>) -
     tokio::pin!(signal);
     let mut known = BTreeMap::new();
     let mut missed = 0;
+    let mut hangups = hangup_signals()?;
     loop {
         let event = tokio::select! {
             event = events.next() => event,
             () = &mut stop => return Ok(()),
             signal = &mut signal => return signal.map(|_| ()),
+            _ = hangups.recv() => {
+                if let Some(keys) = reload_keys(key_file) {
+                    match discoverer.set_keys(keys).await {
+                        Ok(()) => tracing::info!("key ring reloaded"),
+                        Err(error) => tracing::warn!(%error, "failed to apply the reloaded key ring"),
+                    }
+                }
+                continue;
+            }
         };
         let Some(event) = event else { return Ok(()) };
         if events.missed() > missed {

@@ -31,3 +31,25 @@ pub(crate) async fn shutdown_signal() -> Result<&'static str, CliError> {
     };
     Ok(name)
 }
+
+/// Listens for SIGHUP, the signal to reload the key file.
+pub(crate) fn hangup_signals() -> Result<tokio::signal::unix::Signal, CliError> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| CliError::Failure(format!("failed to install a signal handler: {error}")))
+}
+
+/// Reads the key file again after SIGHUP. Returns `None`, after logging why, when there is no
+/// key file or it is invalid; the running key ring then stays as it was.
+pub(crate) fn reload_keys(path: Option<&std::path::Path>) -> Option<msd::KeyRing> {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP ignored: no key file to reload");
+        return None;
+    };
+    match crate::settings::read_key_file(path) {
+        Ok(keys) => Some(keys),
+        Err(error) => {
+            tracing::warn!(%error, "key file not reloaded; keeping the old key ring");
+            None
+        }
+    }
+}

@@ -60,6 +60,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState { discoverer, catalog: Catalog::new(initial), metrics: Metrics::new(), stopping });
     let pump = tokio::spawn(pump_events(Arc::clone(&state), events));
+    let reloader = tokio::spawn(reload_on_hangup(Arc::clone(&state), args.network.key_file.clone()));
 
     let app = router(Arc::clone(&state));
     let local = listener.local_addr().unwrap_or(listen);
@@ -74,6 +75,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         })
         .await;
     pump.abort();
+    reloader.abort();
     served.map_err(|error| CliError::Failure(format!("HTTP server failed: {error}")))?;
     info!("stopped");
     Ok(())
@@ -131,5 +133,18 @@ fn observe_latency(metrics: &Metrics, info: &msd::InstanceInfo) {
     let Some(latency) = now.checked_sub(Duration::from_micros(incarnation)) else { return };
     if latency < Duration::from_secs(3600) {
         metrics.observe_discovery_latency(latency.as_secs_f64());
+    }
+}
+
+/// Applies the key file again on every SIGHUP, for key rotation without a restart.
+async fn reload_on_hangup(state: Arc<AppState>, key_file: Option<std::path::PathBuf>) {
+    let Ok(mut hangups) = crate::commands::hangup_signals() else { return };
+    while hangups.recv().await.is_some() {
+        if let Some(keys) = crate::commands::reload_keys(key_file.as_deref()) {
+            match state.discoverer.set_keys(keys).await {
+                Ok(()) => info!("key ring reloaded"),
+                Err(error) => warn!(%error, "failed to apply the reloaded key ring"),
+            }
+        }
     }
 }

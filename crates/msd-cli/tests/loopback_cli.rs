@@ -1,0 +1,217 @@
+//! The `msd` binary on the loopback interface in IPv4 mode: health checks against real servers
+//! and key rotation by SIGHUP. No root needed; each test uses its own random group.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `msd` whose output lines are collected.
+struct Msd {
+    child: Child,
+    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Msd {
+    fn start(args: &[&str]) -> Msd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_msd"))
+            .args(args)
+            .env("MSD_LOG", "info")
+            .env_remove("MSD_MULTICAST_INTERFACE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start msd");
+        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let (list, changed) = &*lines;
+                    list.lock().unwrap().push(line);
+                    changed.notify_all();
+                }
+            });
+        }
+        Msd { child, lines }
+    }
+
+    fn output(&self) -> String {
+        self.lines.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the `skip + 1`-th line that `predicate` accepts.
+    fn wait_for(&self, skip: usize, mut predicate: impl FnMut(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        let (list, changed) = &*self.lines;
+        let mut lines = list.lock().unwrap();
+        loop {
+            let found: Vec<&String> = lines.iter().filter(|line| predicate(line)).collect();
+            if let Some(line) = found.get(skip) {
+                return Some((*line).clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    fn wait_event(&self, skip: usize, kind: &str, id: &str) -> Value {
+        let line = self.wait_for(skip, |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|value| value["event"] == kind && value["instance"]["id"] == id)
+        });
+        let line = line.unwrap_or_else(|| panic!("no {kind} event for {id}:\n{}", self.output()));
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn count_events(&self, kind: &str) -> usize {
+        self.lines.0.lock().unwrap().iter().filter(|line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|value| value["event"] == kind)
+        }).count()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Msd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn new_group() -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_msd")).args(["group", "new", "--json"]).output().unwrap();
+    let value: Value = serde_json::from_slice(&output.stdout).unwrap();
+    value["group_id"].as_str().unwrap().to_owned()
+}
+
+fn loopback<'a>(group: &'a str, command: &'a str) -> Vec<&'a str> {
+    vec![command, "--group", group, "--interface", "lo", "--ipv4"]
+}
+
+/// Serves `GET /health` with the status in `status`, on an ephemeral loopback port.
+fn health_server(status: Arc<AtomicU16>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let app = axum::Router::new().route(
+                "/health",
+                axum::routing::get(move || {
+                    let status = Arc::clone(&status);
+                    async move { axum::http::StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap() }
+                }),
+            );
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    port
+}
+
+#[test]
+fn http_check_flips_health() {
+    let group = new_group();
+    let status = Arc::new(AtomicU16::new(200));
+    let port = health_server(Arc::clone(&status));
+    let check_url = format!("http://127.0.0.1:{port}/health");
+
+    let mut browse = loopback(&group, "browse");
+    browse.extend(["--watch", "--json"]);
+    let watcher = Msd::start(&browse);
+    let mut announce = loopback(&group, "announce");
+    announce.extend(["--id", "checked", "--url", "http://127.0.0.1:1/", "--check-http", &check_url]);
+    announce.extend(["--check-interval", "200ms", "--check-fall", "2", "--check-rise", "2"]);
+    let _instance = Msd::start(&announce);
+
+    let up = watcher.wait_event(0, "up", "checked");
+    assert_eq!(up["instance"]["health"], "serving");
+
+    status.store(503, Ordering::SeqCst);
+    let failing = watcher.wait_event(0, "changed", "checked");
+    assert_eq!(failing["instance"]["health"], "failing");
+    assert_eq!(failing["previous"]["health"], "serving");
+
+    status.store(200, Ordering::SeqCst);
+    let recovered = watcher.wait_event(1, "changed", "checked");
+    assert_eq!(recovered["instance"]["health"], "serving");
+}
+
+#[test]
+fn tcp_check_drains_when_port_closes() {
+    let group = new_group();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+
+    let mut browse = loopback(&group, "browse");
+    browse.extend(["--watch", "--json"]);
+    let watcher = Msd::start(&browse);
+    let mut announce = loopback(&group, "announce");
+    announce.extend(["--id", "tcp-checked", "--url", "http://127.0.0.1:1/", "--check-tcp", &address]);
+    announce.extend(["--check-interval", "200ms", "--check-fall", "1", "--check-fail-health", "draining"]);
+    let _instance = Msd::start(&announce);
+    let up = watcher.wait_event(0, "up", "tcp-checked");
+    assert_eq!(up["instance"]["health"], "serving");
+
+    drop(listener);
+    let draining = watcher.wait_event(0, "changed", "tcp-checked");
+    assert_eq!(draining["instance"]["health"], "draining");
+}
+
+/// Rotates the key of a running instance and discoverer with SIGHUP, in the three documented
+/// steps, and checks that the instance is never lost.
+#[test]
+fn key_rotation_by_sighup_loses_nothing() {
+    let group = new_group();
+    let dir = std::env::temp_dir().join(format!("msd-rotation-{}-{group}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = |name: &str| {
+        let path = dir.join(name);
+        let status = Command::new(env!("CARGO_BIN_EXE_msd")).args(["key", "new", "--output"]).arg(&path).status().unwrap();
+        assert!(status.success());
+        let text = std::fs::read_to_string(&path).unwrap();
+        text.lines().find_map(|line| line.strip_prefix("primary ")).unwrap().to_owned()
+    };
+    let (old, new) = (key("old"), key("new"));
+    let ring = dir.join("ring");
+    std::fs::write(&ring, format!("primary {old}\n")).unwrap();
+    let ring_arg = ring.to_str().unwrap().to_owned();
+
+    let mut browse = loopback(&group, "browse");
+    browse.extend(["--watch", "--json", "--key-file", &ring_arg]);
+    let watcher = Msd::start(&browse);
+    let mut announce = loopback(&group, "announce");
+    announce.extend(["--id", "rotating", "--url", "http://127.0.0.1:1/", "--key-file", &ring_arg]);
+    let instance = Msd::start(&announce);
+    watcher.wait_event(0, "up", "rotating");
+
+    let steps = [
+        format!("primary {old}\naccept {new}\n"),
+        format!("primary {new}\naccept {old}\n"),
+        format!("primary {new}\n"),
+    ];
+    for (number, step) in steps.iter().enumerate() {
+        std::fs::write(&ring, step).unwrap();
+        // The instance first, then the discoverer: in step two the instance signs with the new
+        // key before the discoverer has made it primary, which it accepts since step one.
+        instance.signal("HUP");
+        assert!(instance.wait_for(number, |line| line.contains("key ring reloaded")).is_some(), "{}", instance.output());
+        watcher.signal("HUP");
+        assert!(watcher.wait_for(number, |line| line.contains("key ring reloaded")).is_some(), "{}", watcher.output());
+        // Several heartbeats and more than the TTL under the new ring.
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    assert_eq!(watcher.count_events("down"), 0, "instance lost during rotation:\n{}", watcher.output());
+    assert_eq!(watcher.count_events("up"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
