@@ -1,7 +1,7 @@
 //! The `msd serve` dashboard in a real browser: headless Chromium, driven over WebDriver, in a
 //! network-namespace lab.
 //!
-//! Host A runs chromedriver, Chromium and `msd serve`, which listens on A's loopback; host B runs
+//! Host A runs chromedriver, Chromium and `msd serve`, which listens on A's loopback. Host B runs
 //! the instances. The test follows the server's event stream with its own client and measures how
 //! long the page takes to show each change after that stream carried it.
 //!
@@ -48,7 +48,7 @@ const DESKTOP: (u32, u32) = (1100, 400);
 
 /// Chromium flags: headless, no sandbox because the test runs as root, and no background requests
 /// such as component updates and sync. Host A has no route beyond the lab, so such requests would
-/// fail anyway; the flags keep Chromium from trying.
+/// fail anyway, but the flags keep Chromium from trying.
 const CHROMIUM_FLAGS: &[&str] = &[
     "--headless",
     "--no-sandbox",
@@ -338,11 +338,11 @@ impl Page {
     async fn wait_for_row(&self, id: &str, health: Option<&str>) -> Instant {
         let deadline = Instant::now() + WAIT;
         loop {
-            let shown = self.execute(ROW_HEALTH_SCRIPT, vec![json!(id)]).await;
-            if shown.as_str() == health {
+            let health_on_page = self.execute(ROW_HEALTH_SCRIPT, vec![json!(id)]).await;
+            if health_on_page.as_str() == health {
                 return Instant::now();
             }
-            assert!(Instant::now() < deadline, "row {id} still has health {shown} after {WAIT:?}, expected {health:?}");
+            assert!(Instant::now() < deadline, "row {id} still has health {health_on_page} after {WAIT:?}, expected {health:?}");
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
@@ -361,9 +361,9 @@ impl Page {
     /// Checks at phone width that the page does not scroll sideways and that each of the
     /// `expected_rows` rows, with all its cells, fits the viewport.
     ///
-    /// When the page is taller than the window, headless Chromium draws a classic scrollbar that
-    /// takes 15 px of the width, which a phone's overlay scrollbar does not. The checks compare
-    /// with `clientWidth`, the width without that scrollbar.
+    /// When the page is taller than the window, headless Chromium 156 draws a classic scrollbar
+    /// that takes 15 px of the width, which a phone's overlay scrollbar does not. The checks
+    /// compare with `clientWidth`, the width without that scrollbar.
     async fn check_phone_layout(&self, expected_rows: usize) {
         self.client.set_window_size(PHONE.0, PHONE.1).await.expect("set the window to phone size");
         let layout = self.execute(LAYOUT_SCRIPT, vec![]).await;
@@ -406,8 +406,8 @@ impl Page {
         let message = |entry: &Value| entry.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
         assert!(entries.iter().any(|entry| message(entry).contains(LOG_PROBE)), "the browser log lacks the probe: {entries:#?}");
 
-        // NOTE: the page declares no icon, so Chromium requests /favicon.ico, which the server
-        // answers with 404 and Chromium logs as an error. That entry is left out here.
+        // NOTE: the page declares no icon, so Chromium requests /favicon.ico. The server returns
+        // 404 for it, which Chromium logs as an error. That entry is left out here.
         let expected = |entry: &Value| message(entry).contains(LOG_PROBE) || message(entry).contains("/favicon.ico ");
         entries.into_iter().filter(|entry| entry.get("level") == Some(&json!("SEVERE")) && !expected(entry)).collect()
     }
