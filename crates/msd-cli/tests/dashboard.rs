@@ -406,9 +406,7 @@ impl Page {
         let message = |entry: &Value| entry.get("message").and_then(Value::as_str).unwrap_or_default().to_owned();
         assert!(entries.iter().any(|entry| message(entry).contains(LOG_PROBE)), "the browser log lacks the probe: {entries:#?}");
 
-        // NOTE: the page declares no icon, so Chromium requests /favicon.ico. The server returns
-        // 404 for it, which Chromium logs as an error. That entry is left out here.
-        let expected = |entry: &Value| message(entry).contains(LOG_PROBE) || message(entry).contains("/favicon.ico ");
+        let expected = |entry: &Value| message(entry).contains(LOG_PROBE);
         entries.into_iter().filter(|entry| entry.get("level") == Some(&json!("SEVERE")) && !expected(entry)).collect()
     }
 

@@ -51,6 +51,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod balance;
 mod discoverer;
 mod driver;
 mod error;
