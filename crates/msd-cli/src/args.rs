@@ -37,6 +37,46 @@ pub(crate) enum Command {
     /// Run a discoverer with an HTTP API, server-sent events, Prometheus endpoints and a live
     /// dashboard
     Serve(ServeArgs),
+    /// Forward TCP connections to live, serving instances
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    #[command(flatten)]
+    pub(crate) network: NetworkArgs,
+
+    /// Address and port to accept connections on
+    #[arg(long, value_name = "ADDRESS", env = "MSD_PROXY_LISTEN", default_value = "127.0.0.1:7000")]
+    pub(crate) listen: String,
+
+    /// Address and port of an HTTP server for /metrics and /healthz [default: none]
+    #[arg(long, value_name = "ADDRESS", env = "MSD_PROXY_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<String>,
+
+    /// How to choose an instance: p2c (on open connections), random, round-robin or weighted
+    #[arg(long, value_name = "STRATEGY", env = "MSD_PROXY_STRATEGY", default_value = "p2c")]
+    pub(crate) strategy: String,
+
+    /// Only instances with this metadata entry, KEY=VALUE; repeat for several
+    #[arg(long = "metadata", short = 'm', value_name = "KEY=VALUE")]
+    pub(crate) metadata: Vec<String>,
+
+    /// Metadata key whose value is the port to connect to, instead of the URL's port
+    #[arg(long, value_name = "KEY", env = "MSD_PROXY_PORT_METADATA")]
+    pub(crate) port_metadata: Option<String>,
+
+    /// Time one connect to an instance may take
+    #[arg(long, value_name = "DURATION", env = "MSD_PROXY_CONNECT_TIMEOUT", default_value = "1s")]
+    pub(crate) connect_timeout: String,
+
+    /// Instances tried for one client connection before it is closed
+    #[arg(long, value_name = "COUNT", env = "MSD_PROXY_ATTEMPTS", default_value_t = 3)]
+    pub(crate) attempts: usize,
+
+    /// On SIGTERM, how long open connections may run before the proxy exits
+    #[arg(long, value_name = "DURATION", env = "MSD_PROXY_DRAIN_TIMEOUT", default_value = "30s")]
+    pub(crate) drain_timeout: String,
 }
 
 #[derive(Debug, Args)]

@@ -52,6 +52,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;
+#[cfg(feature = "tower")]
+mod discover;
 mod discoverer;
 mod driver;
 mod error;
@@ -60,6 +62,8 @@ mod net;
 
 use std::sync::atomic::Ordering;
 
+#[cfg(feature = "tower")]
+pub use discover::DiscoverStream;
 pub use discoverer::{Discoverer, DiscovererBuilder, Events, EVENT_BUFFER};
 pub use error::Error;
 pub use instance::{Instance, InstanceBuilder, MAX_DATAGRAM};

@@ -16,6 +16,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Key(KeyCommand::New { output }) => key::new(output.as_deref()),
         Command::Serve(args) => crate::serve::run(args).await,
+        Command::Proxy(args) => crate::proxy::run(args).await,
     }
 }
 
