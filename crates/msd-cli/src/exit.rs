@@ -92,7 +92,6 @@ fn clap_error(error: &clap::Error) -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ")
         .trim_start_matches("error: ")
-        .replace(": ", ": ")
         .replace(":; ", ": ");
     let first = first.trim();
     let hint = if first.contains("--group") {

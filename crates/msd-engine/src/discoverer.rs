@@ -275,7 +275,7 @@ impl Discoverer {
             (SeedKind::Logoff, Some(host)) if self.entries.get(host.id).is_some_and(|entry| entry.info.url != host.url) => {
                 self.reject("logoff_url_mismatch", datagram);
             }
-            (SeedKind::Logoff, Some(host)) if !self.from_known_address(host.id, datagram) => {
+            (SeedKind::Logoff, Some(host)) if !self.logoff_allowed(host.id, datagram) => {
                 self.reject("logoff_from_other_address", datagram);
             }
             (SeedKind::Logoff, Some(host)) => self.remove(now, host.id, DownReason::Logoff),
@@ -460,7 +460,7 @@ impl Discoverer {
         let (Some(id), Some(incarnation), Some(sequence)) = (packet.id, packet.incarnation, packet.sequence) else {
             return self.reject("missing_field", datagram);
         };
-        if !self.from_known_address(id, datagram) {
+        if !self.logoff_allowed(id, datagram) {
             return self.reject("logoff_from_other_address", datagram);
         }
         if let Some(entry) = self.entries.get(id) {
@@ -480,7 +480,7 @@ impl Discoverer {
     /// instance was last heard from, or the packets are authenticated. Any port is fine, since a
     /// dropped handle says goodbye from another socket. Without a key anyone on the link could
     /// otherwise remove any instance with one packet.
-    fn from_known_address(&self, id: &str, datagram: &Received<'_>) -> bool {
+    fn logoff_allowed(&self, id: &str, datagram: &Received<'_>) -> bool {
         if self.config.keys.is_some() {
             return true;
         }

@@ -33,6 +33,10 @@
 //! The seed protocol carries no incarnation, so a late seed ANNOUNCE of a stopped instance can
 //! bring it back until it expires again. The native protocol does not have this problem.
 
+// Input from the network must never panic: library code avoids unwrap and unchecked
+// indexing; tests may use both.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+
 mod clock;
 mod discoverer;
 mod instance;

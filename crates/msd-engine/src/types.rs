@@ -150,6 +150,7 @@ impl fmt::Display for DownReason {
 
 /// A change in a discoverer's table.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "events are moved a few times per change, not stored in bulk")]
 pub enum Event {
     /// An instance was heard for the first time, or again after it went down.
     Up(InstanceInfo),

@@ -48,8 +48,8 @@ pub struct Key {
 impl Key {
     pub fn from_bytes(secret: [u8; KEY_LEN]) -> Self {
         let digest = Sha256::new().chain_update(KEY_ID_LABEL).chain_update(secret).finalize();
-        let mut id = [0u8; 4];
-        id.copy_from_slice(&digest[..4]);
+        // SHA-256 output is 32 bytes, so the first four always exist.
+        let id = digest.first_chunk::<4>().copied().unwrap_or_default();
         Key { id: KeyId(id), secret: Zeroizing::new(secret) }
     }
 

@@ -24,6 +24,10 @@
 //! The seed decoder rejects strings that are not valid UTF-8 and MessagePack extension types,
 //! both of which the original accepts; `docs/PROTOCOL.md` lists these differences.
 
+// Input from the network must never panic: library code avoids unwrap and unchecked
+// indexing; tests may use both.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+
 mod error;
 mod group;
 pub mod keys;

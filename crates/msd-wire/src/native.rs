@@ -472,9 +472,8 @@ fn compute_tag(key: &Key, signed: &[u8]) -> [u8; TAG_LEN] {
     let mut mac = new_mac(key);
     mac.update(signed);
     let full = mac.finalize().into_bytes();
-    let mut tag = [0u8; TAG_LEN];
-    tag.copy_from_slice(&full[..TAG_LEN]);
-    tag
+    // HMAC-SHA256 output is 32 bytes, longer than the tag.
+    full.first_chunk::<TAG_LEN>().copied().unwrap_or_default()
 }
 
 fn new_mac(key: &Key) -> Hmac<Sha256> {

@@ -22,9 +22,11 @@ pub struct DiscoverStream<S> {
     events: Events,
     pending: VecDeque<Change<String, S>>,
     inserted: HashSet<String>,
-    make_service: Box<dyn FnMut(&InstanceInfo) -> Option<S> + Send>,
+    make_service: MakeService<S>,
     filter: Box<dyn Fn(&InstanceInfo) -> bool + Send>,
 }
+
+type MakeService<S> = Box<dyn FnMut(&InstanceInfo) -> Option<S> + Send>;
 
 impl<S> std::fmt::Debug for DiscoverStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

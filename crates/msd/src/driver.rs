@@ -41,6 +41,9 @@ pub(crate) trait Machine: Send + 'static {
 
 pub(crate) type Job<M> = Box<dyn FnOnce(&mut M, Instant) + Send>;
 
+/// A driver ready to run, the channel to command it, and the state its handle reads.
+pub(crate) type Prepared<M> = (Driver<M>, mpsc::Sender<Command<M>>, Arc<Shared>);
+
 pub(crate) enum Command<M> {
     /// Runs a closure on the engine.
     Run(Job<M>),
@@ -90,11 +93,7 @@ pub(crate) struct Driver<M> {
 
 /// Opens the sockets and joins the interfaces available now, so that setup errors reach the
 /// caller of `start` rather than the log.
-pub(crate) fn prepare<M: Machine>(
-    machine: M,
-    network: NetworkConfig,
-    role: &'static str,
-) -> Result<(Driver<M>, mpsc::Sender<Command<M>>, Arc<Shared>), Error> {
+pub(crate) fn prepare<M: Machine>(machine: M, network: NetworkConfig, role: &'static str) -> Result<Prepared<M>, Error> {
     let selection = network.resolve()?;
     let group_socket = socket::group_socket(network.ip, network.port)?;
     let private_socket = socket::private_socket(network.ip)?;

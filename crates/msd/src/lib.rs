@@ -49,6 +49,10 @@
 //!   When several discoverers share one host, only one of them receives such an answer; the others
 //!   learn about the original's instances only from their own announcements at start.
 
+// Input from the network must never panic: library code avoids unwrap and unchecked
+// indexing; tests may use both.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;

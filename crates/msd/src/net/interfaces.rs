@@ -149,7 +149,7 @@ pub(crate) fn select(
     all.values()
         .filter(|state| match selection {
             InterfaceSelection::All => !state.loopback,
-            InterfaceSelection::Named(names) => names.iter().any(|name| *name == state.name),
+            InterfaceSelection::Named(names) => names.contains(&state.name),
         })
         .filter(|state| state.usable(ip))
         .map(|state| (state.index, state.clone()))
