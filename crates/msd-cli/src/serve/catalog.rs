@@ -188,6 +188,23 @@ mod tests {
         assert!(matches!(start, Start::Resume { .. }));
     }
 
+    /// A client that never reads must not hold up changes: the broadcast overwrites its oldest
+    /// entries and tells it how many it lost, which the event stream answers with a snapshot.
+    #[test]
+    fn stalled_subscriber_never_blocks() {
+        let catalog = Catalog::new(vec![]);
+        let (_, mut stalled) = catalog.subscribe(None);
+        for number in 0..(CLIENT_BUFFER * 2) {
+            catalog.apply(Event::Up(info(&format!("i{number}"))));
+        }
+        assert_eq!(catalog.snapshot().0, (CLIENT_BUFFER * 2) as u64, "every change was applied");
+        let lost = match stalled.try_recv() {
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(lost)) => lost,
+            other => panic!("expected a lag report, got {other:?}"),
+        };
+        assert_eq!(lost, CLIENT_BUFFER as u64);
+    }
+
     #[test]
     fn down_removes_from_table() {
         let catalog = Catalog::new(vec![info("a")]);
