@@ -371,23 +371,7 @@ impl Discoverer {
             self.reschedule(host.id, serial, deadline);
             return;
         }
-        let info = InstanceInfo {
-            id: host.id.to_owned(),
-            url: host.url.to_owned(),
-            protocol: Protocol::Seed,
-            health: Health::Serving,
-            weight: None,
-            load: None,
-            metadata: BTreeMap::new(),
-            incarnation: None,
-            sequence: None,
-            ttl: None,
-            key_id: None,
-            interface: datagram.interface,
-            source: datagram.source,
-            first_seen: now,
-            last_seen: now,
-        };
+        let info = first_sight(host.id, host.url, Protocol::Seed, now, datagram);
         self.insert(info, deadline, datagram);
     }
 
@@ -435,23 +419,7 @@ impl Discoverer {
             }
             self.tombstones.remove(id);
         }
-        let mut info = InstanceInfo {
-            id: id.to_owned(),
-            url: String::new(),
-            protocol: Protocol::Native,
-            health: Health::Serving,
-            weight: None,
-            load: None,
-            metadata: BTreeMap::new(),
-            incarnation: None,
-            sequence: None,
-            ttl: None,
-            key_id: None,
-            interface: datagram.interface,
-            source: datagram.source,
-            first_seen: now,
-            last_seen: now,
-        };
+        let mut info = first_sight(id, url, Protocol::Native, now, datagram);
         apply_native(&mut info, packet, url, incarnation, sequence, ttl);
         self.insert(info, deadline, datagram);
     }
@@ -610,6 +578,27 @@ impl Discoverer {
         let Ok(payload) = packet.to_vec(key) else { return };
         self.stats.sent_native.count_native(kind);
         self.transmits.push_back(Transmit { destination, payload });
+    }
+}
+
+/// Returns the entry of an instance heard for the first time, before protocol fields are applied.
+fn first_sight(id: &str, url: &str, protocol: Protocol, now: Instant, datagram: &Received<'_>) -> InstanceInfo {
+    InstanceInfo {
+        id: id.to_owned(),
+        url: url.to_owned(),
+        protocol,
+        health: Health::Serving,
+        weight: None,
+        load: None,
+        metadata: BTreeMap::new(),
+        incarnation: None,
+        sequence: None,
+        ttl: None,
+        key_id: None,
+        interface: datagram.interface,
+        source: datagram.source,
+        first_seen: now,
+        last_seen: now,
     }
 }
 
