@@ -5,8 +5,9 @@
 //! stops serving, changes its URL or restarts is removed or re-inserted, so a balancer never
 //! sends new requests to a draining instance.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -14,14 +15,25 @@ use futures_core::Stream;
 use msd_engine::{Event, Health, InstanceInfo};
 use tower::discover::Change;
 
+use crate::discoverer::TableReader;
 use crate::{Discoverer, Error, Events};
 
 /// A stream of `tower::discover::Change` values built from a discoverer's events; it implements
 /// `tower::discover::Discover` through tower's blanket implementation for such streams.
+///
+/// A consumer that falls more than [`crate::EVENT_BUFFER`] events behind (tower's balancer reads
+/// the stream only when it is polled for readiness) loses events. The stream then reads the
+/// current table and sends the inserts and removals that make up the difference, so no removed
+/// instance stays in the consumer's set.
 pub struct DiscoverStream<S> {
     events: Events,
+    reader: TableReader,
+    /// Events lost so far, as [`Events::missed`] reported them.
+    missed: u64,
+    resync: Option<Pin<Box<dyn Future<Output = Result<Vec<InstanceInfo>, Error>> + Send>>>,
     pending: VecDeque<Change<String, S>>,
-    inserted: HashSet<String>,
+    /// Inserted ids with the URL and incarnation their service was made for.
+    inserted: HashMap<String, (String, Option<u64>)>,
     make_service: MakeService<S>,
     filter: Box<dyn Fn(&InstanceInfo) -> bool + Send>,
 }
@@ -63,8 +75,11 @@ impl Discoverer {
         let (instances, events) = self.watch().await?;
         let mut stream = DiscoverStream {
             events,
+            reader: self.table_reader(),
+            missed: 0,
+            resync: None,
             pending: VecDeque::new(),
-            inserted: HashSet::new(),
+            inserted: HashMap::new(),
             make_service: Box::new(make_service),
             filter: Box::new(filter),
         };
@@ -82,7 +97,7 @@ impl<S> DiscoverStream<S> {
         }
         match (self.make_service)(info) {
             Some(service) => {
-                self.inserted.insert(info.id.clone());
+                self.inserted.insert(info.id.clone(), (info.url.clone(), info.incarnation));
                 self.pending.push_back(Change::Insert(info.id.clone(), service));
             }
             None => self.remove(&info.id),
@@ -90,8 +105,24 @@ impl<S> DiscoverStream<S> {
     }
 
     fn remove(&mut self, id: &str) {
-        if self.inserted.remove(id) {
+        if self.inserted.remove(id).is_some() {
             self.pending.push_back(Change::Remove(id.to_owned()));
+        }
+    }
+
+    /// Brings the inserted set in line with the current table after lost events.
+    fn resynchronise(&mut self, table: &[InstanceInfo]) {
+        let live: HashMap<&str, &InstanceInfo> = table.iter().map(|info| (info.id.as_str(), info)).collect();
+        let gone: Vec<String> = self.inserted.keys().filter(|id| !live.contains_key(id.as_str())).cloned().collect();
+        for id in gone {
+            self.remove(&id);
+        }
+        for info in table {
+            let current = self.inserted.get(&info.id);
+            let unchanged = current.is_some_and(|(url, incarnation)| *url == info.url && *incarnation == info.incarnation);
+            if !unchanged || !(self.filter)(info) {
+                self.insert(info);
+            }
         }
     }
 
@@ -100,7 +131,7 @@ impl<S> DiscoverStream<S> {
             Event::Up(info) => self.insert(&info),
             Event::Changed { previous, current } => {
                 let eligible = (self.filter)(&current);
-                let known = self.inserted.contains(&current.id);
+                let known = self.inserted.contains_key(&current.id);
                 let replaced = previous.url != current.url || previous.incarnation != current.incarnation;
                 // A load or metadata change keeps the existing service.
                 if !eligible || !known || replaced {
@@ -120,8 +151,27 @@ impl<S> Stream for DiscoverStream<S> {
             if let Some(change) = self.pending.pop_front() {
                 return Poll::Ready(Some(Ok(change)));
             }
+            if let Some(resync) = self.resync.as_mut() {
+                match resync.as_mut().poll(cx) {
+                    Poll::Ready(Ok(table)) => {
+                        self.resync = None;
+                        self.resynchronise(&table);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             match Pin::new(&mut self.events).poll_next(cx) {
-                Poll::Ready(Some(event)) => self.apply(event),
+                Poll::Ready(Some(event)) => {
+                    if self.events.missed() > self.missed {
+                        // The event came after a gap; the table read next covers it too.
+                        self.missed = self.events.missed();
+                        self.resync = Some(Box::pin(self.reader.clone().instances()));
+                        continue;
+                    }
+                    self.apply(event);
+                }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }

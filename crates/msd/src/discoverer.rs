@@ -315,6 +315,12 @@ impl Discoverer {
         }
     }
 
+    /// Returns a cheap handle that can read the table after this borrow ends.
+    #[cfg(feature = "tower")]
+    pub(crate) fn table_reader(&self) -> TableReader {
+        TableReader { commands: self.commands.clone() }
+    }
+
     async fn ask<T: Send + 'static>(
         &self,
         query: impl FnOnce(&mut DiscovererMachine) -> T + Send + 'static,
@@ -322,6 +328,25 @@ impl Discoverer {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(move |machine: &mut DiscovererMachine, _now| {
             let _ = reply.send(query(machine));
+        });
+        self.commands.send(Command::Run(job)).await.map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)
+    }
+}
+
+/// Reads a discoverer's table from a stream that outlives the borrow of the discoverer.
+#[cfg(feature = "tower")]
+#[derive(Clone)]
+pub(crate) struct TableReader {
+    commands: mpsc::Sender<Command<DiscovererMachine>>,
+}
+
+#[cfg(feature = "tower")]
+impl TableReader {
+    pub(crate) async fn instances(self) -> Result<Vec<InstanceInfo>, Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(move |machine: &mut DiscovererMachine, _now| {
+            let _ = reply.send(machine.engine.instances().cloned().collect::<Vec<_>>());
         });
         self.commands.send(Command::Run(job)).await.map_err(|_| Error::Stopped)?;
         answer.await.map_err(|_| Error::Stopped)

@@ -313,3 +313,46 @@ async fn stopped_instance_gets_no_requests() {
 
     cluster.shutdown().await;
 }
+
+/// A stream left unpolled while more than `EVENT_BUFFER` events pass loses some of them; it must
+/// still remove an instance that logged off meanwhile, from a fresh read of the table.
+#[tokio::test]
+async fn lagging_discover_stream_still_removes() {
+    use tower::discover::{Change, Discover};
+    let group = GroupId::from_bytes(rand::random());
+    let start = |id: &'static str| {
+        Instance::builder(group).id(id).url(format!("http://127.0.0.1:1/{id}")).interface("lo").ip_version(IpVersion::V4).start()
+    };
+    let leaving = start("leaving").await.unwrap();
+    let busy = start("busy").await.unwrap();
+    let discoverer =
+        Discoverer::builder(group).interface("lo").ip_version(IpVersion::V4).rate_limit(0, 0).start().await.unwrap();
+    assert!(wait_until(&discoverer, |table| table.len() == 2).await);
+    let mut stream = discoverer.discover(|info| Some(info.id.clone())).await.unwrap();
+
+    // Not polled from here on, like a balancer that sends no request for a while.
+    leaving.shutdown().await.unwrap();
+    let updates = msd::EVENT_BUFFER as u32 + 200;
+    for load in 0..updates {
+        busy.set_load(Some(load)).await.unwrap();
+    }
+    assert!(wait_until(&discoverer, |table| table.len() == 1 && table[0].load == Some(updates - 1)).await);
+
+    let mut changes = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !changes.contains(&"remove leaving".to_owned()) && tokio::time::Instant::now() < deadline {
+        let next = tokio::time::timeout(
+            Duration::from_millis(500),
+            std::future::poll_fn(|cx| Pin::new(&mut stream).poll_discover(cx)),
+        )
+        .await;
+        match next {
+            Ok(Some(Ok(Change::Insert(key, _)))) => changes.push(format!("insert {key}")),
+            Ok(Some(Ok(Change::Remove(key)))) => changes.push(format!("remove {key}")),
+            Ok(Some(Err(never))) => match never {},
+            Ok(None) | Err(_) => {}
+        }
+    }
+    assert!(changes.contains(&"remove leaving".to_owned()), "the stream never removed it: {changes:?}");
+    assert!(discoverer.stats().await.unwrap().events_lagged > 0, "the scenario made the stream lag");
+}
