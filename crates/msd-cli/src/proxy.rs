@@ -353,7 +353,11 @@ fn target(info: &InstanceInfo, port_key: Option<&str>) -> Option<Target> {
             Some(Target::Address(SocketAddr::V6(SocketAddrV6::new(address, port, 0, info.interface.0))))
         }
         url::Host::Ipv6(address) => Some(Target::Address(SocketAddr::new(IpAddr::V6(address), port))),
-        url::Host::Domain(name) => Some(Target::Name(name.to_owned(), port)),
+        // URLs of schemes the url crate does not know keep IP addresses as text.
+        url::Host::Domain(name) => match name.parse::<IpAddr>() {
+            Ok(address) => Some(Target::Address(SocketAddr::new(address, port))),
+            Err(_) => Some(Target::Name(name.to_owned(), port)),
+        },
     }
 }
 
