@@ -137,6 +137,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
         proxy.update(info);
     }
     let follower = tokio::spawn(follow(Arc::clone(&proxy), events));
+    let discoverer = Arc::new(discoverer);
+    let reloader = tokio::spawn(reload_on_hangup(Arc::clone(&discoverer), args.network.key_file.clone()));
     let metrics_server = match proxy.settings.metrics_listen {
         Some(address) => Some(serve_metrics(Arc::clone(&proxy), address).await?),
         None => None,
@@ -171,10 +173,13 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
     drop(listener);
     wait_for_connections(connections, proxy.settings.drain_timeout).await;
     follower.abort();
+    reloader.abort();
     if let Some(server) = metrics_server {
         server.abort();
     }
-    discoverer.shutdown().await;
+    if let Ok(discoverer) = Arc::try_unwrap(discoverer) {
+        discoverer.shutdown().await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -434,6 +439,19 @@ mod tests {
     fn unusable_urls_skipped() {
         for url in ["mailto:x@y", "custom://10.0.0.7", "not a url"] {
             assert_eq!(target(&info(url, &[]), None), None, "{url}");
+        }
+    }
+}
+
+/// Applies the key file again on every SIGHUP, for key rotation without a restart.
+async fn reload_on_hangup(discoverer: Arc<Discoverer>, key_file: Option<std::path::PathBuf>) {
+    let Ok(mut hangups) = crate::commands::hangup_signals() else { return };
+    while hangups.recv().await.is_some() {
+        if let Some(keys) = crate::commands::reload_keys(key_file.as_deref()) {
+            match discoverer.set_keys(keys).await {
+                Ok(()) => info!("key ring reloaded"),
+                Err(error) => warn!(%error, "failed to apply the reloaded key ring"),
+            }
         }
     }
 }
