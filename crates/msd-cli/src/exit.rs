@@ -38,7 +38,8 @@ impl CliError {
             CliError::Runtime(error) => match error {
                 msd::Error::InvalidSetting { .. }
                 | msd::Error::InterfaceNotFound { .. }
-                | msd::Error::LoopbackNeedsIpv4 { .. } => USAGE,
+                | msd::Error::LoopbackNeedsIpv4 { .. }
+                | msd::Error::Encode(_) => USAGE,
                 _ => FAILURE,
             },
             CliError::Failure(_) => FAILURE,

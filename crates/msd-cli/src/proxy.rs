@@ -113,7 +113,7 @@ impl ProxyMetrics {
 pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
     let network = Network::from_args(&args.network)?;
     let settings = settings(&args)?;
-    let strategy: Strategy = args.strategy.parse().map_err(usage)?;
+    let strategy: Strategy = args.strategy.parse().map_err(|error| usage(format!("--strategy: {error}")))?;
     let mut balancer = Balancer::new(strategy);
     for (key, value) in parse_metadata(&args.metadata)? {
         balancer = balancer.with_metadata(key, value);
@@ -144,7 +144,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
         None => None,
     };
 
-    info!(listen = %listener.local_addr().unwrap_or(proxy.settings.listen), group = %network.group, ?strategy, "proxying");
+    info!(listen = %listener.local_addr().unwrap_or(proxy.settings.listen), group = %network.group, strategy = %args.strategy, "proxying");
     let connections = connection_tracker();
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -171,7 +171,12 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
         }
     }
     drop(listener);
-    wait_for_connections(connections, proxy.settings.drain_timeout).await;
+    tokio::select! {
+        () = wait_for_connections(connections, proxy.settings.drain_timeout) => {}
+        signal = shutdown_signal() => {
+            warn!(signal = signal.unwrap_or("unknown"), "second signal; closing open connections now");
+        }
+    }
     follower.abort();
     reloader.abort();
     if let Some(server) = metrics_server {

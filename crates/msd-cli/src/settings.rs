@@ -37,7 +37,8 @@ impl Network {
         if args.port == 0 {
             return Err(usage("invalid port 0 (--port or MSD_PORT): the group needs a fixed port; omit it to use 53566".into()));
         }
-        let protocols: ProtocolMode = args.protocol.trim().parse().map_err(usage)?;
+        let protocols: ProtocolMode =
+            args.protocol.trim().parse().map_err(|error| usage(format!("--protocol (or MSD_PROTOCOL): {error}")))?;
         let keys = args.key_file.as_deref().map(read_key_file).transpose()?;
         if keys.is_some() && protocols == ProtocolMode::Seed {
             return Err(usage("invalid --protocol seed with --key-file: the seed protocol cannot be authenticated; use native".into()));

@@ -217,7 +217,9 @@ async fn event_stream_snapshot_changes_and_resume() {
     let up = read_events(&mut stream, &mut buffer, 1).await;
     assert_eq!(up[0].0, "up");
     assert_eq!(up[0].2["instance"]["id"], "second");
-    let up_id: u64 = up[0].1.parse().unwrap();
+    let up_id = up[0].1.clone();
+    let (epoch, sequence) = up_id.split_once('-').expect("ids are epoch-sequence");
+    assert!(sequence.parse::<u64>().is_ok(), "{up_id}");
 
     drop(second);
     let down = read_events(&mut stream, &mut buffer, 1).await;
@@ -229,7 +231,7 @@ async fn event_stream_snapshot_changes_and_resume() {
     let mut resumed = server
         .client
         .get(server.url("/v1/events"))
-        .header("Last-Event-ID", up_id.to_string())
+        .header("Last-Event-ID", up_id.as_str())
         .send()
         .await
         .unwrap();
@@ -238,10 +240,12 @@ async fn event_stream_snapshot_changes_and_resume() {
     assert_eq!(missed[0].0, "down");
     assert_eq!(missed[0].2["instance"]["id"], "second");
 
-    // An unknown id gets a fresh snapshot.
-    let mut fresh = server.client.get(server.url("/v1/events")).header("Last-Event-ID", "999999").send().await.unwrap();
-    let mut buffer = String::new();
-    let snapshot = read_events(&mut fresh, &mut buffer, 1).await;
-    assert_eq!(snapshot[0].0, "snapshot");
-    assert_eq!(snapshot[0].2.as_array().unwrap().len(), 1);
+    // An unknown id, or one of an earlier server process, gets a fresh snapshot.
+    for stale in ["999999".to_owned(), format!("{}-{sequence}", epoch.parse::<u64>().unwrap() - 1)] {
+        let mut fresh = server.client.get(server.url("/v1/events")).header("Last-Event-ID", stale.as_str()).send().await.unwrap();
+        let mut buffer = String::new();
+        let snapshot = read_events(&mut fresh, &mut buffer, 1).await;
+        assert_eq!(snapshot[0].0, "snapshot", "{stale}");
+        assert_eq!(snapshot[0].2.as_array().unwrap().len(), 1, "{stale}");
+    }
 }

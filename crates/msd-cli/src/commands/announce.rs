@@ -13,17 +13,33 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
     let announce_interval = parse_duration("--announce-interval", &args.announce_interval)?;
     let heartbeat_interval = parse_duration("--heartbeat-interval", &args.heartbeat_interval)?;
     let ttl = parse_duration("--ttl", &args.ttl)?;
-    let health: msd::Health = args.health.trim().parse().map_err(usage)?;
+    let health: msd::Health = args.health.trim().parse().map_err(|error| usage(format!("--health: {error}")))?;
     let metadata = parse_metadata(&args.metadata)?;
     let check = check_settings(&args, health)?;
+    if network.protocols == msd::ProtocolMode::Seed {
+        let native_only = [
+            (args.health.trim() != "serving", "--health"),
+            (args.load.is_some(), "--load"),
+            (args.weight.is_some(), "--weight"),
+            (!args.metadata.is_empty(), "--metadata"),
+            (check.is_some(), "--check-http/--check-tcp"),
+        ];
+        if let Some((_, flag)) = native_only.iter().find(|(set, _)| *set) {
+            return Err(usage(format!(
+                "invalid {flag} with --protocol seed: the seed protocol carries only an id and a URL; use --protocol native or both"
+            )));
+        }
+    }
 
+    // With a health check the instance starts unhealthy and serves after its first passed check.
+    let initial_health = check.as_ref().map_or(health, |settings| settings.unhealthy);
     let mut builder = Instance::builder(network.group)
         .id(args.id.clone())
         .url(args.url.clone())
         .announce_interval(announce_interval)
         .heartbeat_interval(heartbeat_interval)
         .ttl(ttl)
-        .health(health);
+        .health(initial_health);
     if let Some(weight) = args.weight {
         builder = builder.weight(weight);
     }
@@ -91,7 +107,8 @@ fn check_settings(args: &AnnounceArgs, healthy: msd::Health) -> Result<Option<Ch
         }
         (None, None) => return Ok(None),
     };
-    let unhealthy: msd::Health = args.check_fail_health.trim().parse().map_err(usage)?;
+    let unhealthy: msd::Health =
+        args.check_fail_health.trim().parse().map_err(|error| usage(format!("--check-fail-health: {error}")))?;
     if unhealthy == msd::Health::Serving {
         return Err(usage("invalid --check-fail-health serving: choose failing or draining".into()));
     }

@@ -39,15 +39,23 @@ pub(crate) struct Thresholds {
     passes: u32,
     failures: u32,
     healthy: bool,
+    /// Until the first result the instance counts as unhealthy, and one passed check is enough.
+    first: bool,
 }
 
 impl Thresholds {
+    /// Starts unhealthy: a service that has not passed a check yet gets no traffic.
     pub(crate) fn new(fall: u32, rise: u32) -> Self {
-        Thresholds { fall: fall.max(1), rise: rise.max(1), passes: 0, failures: 0, healthy: true }
+        Thresholds { fall: fall.max(1), rise: rise.max(1), passes: 0, failures: 0, healthy: false, first: true }
     }
 
     /// Records one result; returns the new state when it flips.
     pub(crate) fn record(&mut self, passed: bool) -> Option<bool> {
+        if std::mem::take(&mut self.first) && passed {
+            self.passes = 1;
+            self.healthy = true;
+            return Some(true);
+        }
         if passed {
             self.passes += 1;
             self.failures = 0;
@@ -69,7 +77,14 @@ impl Thresholds {
 
 /// Runs the check until the task is dropped, updating the instance's health on each flip.
 pub(crate) async fn run(instance: &Instance, settings: CheckSettings) {
-    let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
+    // The check targets one local service: no redirects to elsewhere, no proxy from the
+    // environment.
+    let client = match reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+    {
         Ok(client) => client,
         Err(error) => {
             warn!(%error, "failed to build the HTTP client; health check disabled");
@@ -88,7 +103,7 @@ pub(crate) async fn run(instance: &Instance, settings: CheckSettings) {
         let Some(healthy) = thresholds.record(result.is_ok()) else { continue };
         let health = if healthy { settings.healthy } else { settings.unhealthy };
         match &result {
-            Ok(()) => info!(%health, "health check passes again"),
+            Ok(()) => info!(%health, "health check passes"),
             Err(reason) => warn!(%health, %reason, "health check fails"),
         }
         if let Err(error) = instance.set_health(health).await {
@@ -100,7 +115,7 @@ pub(crate) async fn run(instance: &Instance, settings: CheckSettings) {
 async fn check(client: &reqwest::Client, settings: &CheckSettings) -> Result<(), String> {
     match &settings.probe {
         Probe::Http(url) => {
-            let response = client.get(url.clone()).send().await.map_err(|error| error.to_string())?;
+            let response = client.get(url.clone()).send().await.map_err(|error| error_chain(&error))?;
             let status = response.status();
             if status.is_success() || status.is_redirection() {
                 Ok(())
@@ -119,13 +134,41 @@ async fn check(client: &reqwest::Client, settings: &CheckSettings) -> Result<(),
     }
 }
 
+/// Joins an error and its sources, so that "error sending request" shows its cause.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn first_pass_makes_healthy() {
+        let mut thresholds = Thresholds::new(2, 3);
+        assert_eq!(thresholds.record(true), Some(true));
+        assert_eq!(thresholds.record(true), None);
+    }
+
+    #[test]
+    fn failing_from_start_stays_unhealthy() {
+        let mut thresholds = Thresholds::new(2, 2);
+        assert_eq!(thresholds.record(false), None, "already unhealthy");
+        assert_eq!(thresholds.record(true), None);
+        assert_eq!(thresholds.record(true), Some(true), "then rise applies");
+    }
+
+    #[test]
     fn flips_after_thresholds() {
         let mut thresholds = Thresholds::new(2, 3);
+        assert_eq!(thresholds.record(true), Some(true));
         assert_eq!(thresholds.record(false), None, "one failure is not enough");
         assert_eq!(thresholds.record(false), Some(false));
         assert_eq!(thresholds.record(false), None, "already unhealthy");
@@ -137,6 +180,7 @@ mod tests {
     #[test]
     fn interrupted_streak_starts_over() {
         let mut thresholds = Thresholds::new(2, 2);
+        assert_eq!(thresholds.record(true), Some(true));
         assert_eq!(thresholds.record(false), None);
         assert_eq!(thresholds.record(true), None);
         assert_eq!(thresholds.record(false), None, "the streak restarted");

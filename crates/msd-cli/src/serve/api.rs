@@ -136,6 +136,11 @@ pub(crate) async fn pick(
     State(state): State<Arc<AppState>>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<InstanceJson>, ApiError> {
+    if query.iter().any(|(name, _)| name == "health") {
+        return Err(ApiError::bad_request(
+            "invalid query parameter \"health\": /v1/pick chooses serving instances only; use /v1/instances to filter by health",
+        ));
+    }
     let (mut filter, rest) = Filter::parse(&query, &["strategy"])?;
     let weighted = match rest.get("strategy").map(String::as_str) {
         None | Some("random") => false,
@@ -204,8 +209,12 @@ fn target_group(info: &InstanceInfo) -> Option<TargetGroup> {
         ("__meta_msd_url".to_owned(), info.url.clone()),
         ("__meta_msd_health".to_owned(), info.health.as_str().to_owned()),
         ("__meta_msd_protocol".to_owned(), info.protocol.as_str().to_owned()),
-        ("__scheme__".to_owned(), url.scheme().to_owned()),
+        ("__meta_msd_scheme".to_owned(), url.scheme().to_owned()),
     ]);
+    // Prometheus scrapes only over HTTP, so only those schemes set the scrape scheme.
+    if matches!(url.scheme(), "http" | "https") {
+        labels.insert("__scheme__".to_owned(), url.scheme().to_owned());
+    }
     for (key, value) in &info.metadata {
         labels.insert(format!("__meta_msd_metadata_{}", label_name(key)), value.clone());
     }

@@ -59,13 +59,33 @@ struct Inner {
 pub(crate) struct Catalog {
     inner: Mutex<Inner>,
     sender: broadcast::Sender<Arc<Change>>,
+    /// Distinguishes this server process's event ids from an earlier one's, so that a client
+    /// reconnecting after a restart gets a snapshot rather than a resume from the wrong history.
+    epoch: u64,
 }
 
 impl Catalog {
     pub(crate) fn new(initial: Vec<InstanceInfo>) -> Self {
         let instances = initial.into_iter().map(|info| (info.id.clone(), info)).collect();
         let (sender, _) = broadcast::channel(CLIENT_BUFFER);
-        Catalog { inner: Mutex::new(Inner { instances, ..Inner::default() }), sender }
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
+        Catalog { inner: Mutex::new(Inner { instances, ..Inner::default() }), sender, epoch }
+    }
+
+    /// Formats an event id: this process's epoch and the change's sequence number.
+    pub(crate) fn event_id(&self, sequence: u64) -> String {
+        format!("{}-{sequence}", self.epoch)
+    }
+
+    /// Reads a `Last-Event-ID` header value; ids of another server process yield `None`.
+    pub(crate) fn parse_event_id(&self, text: &str) -> Option<u64> {
+        let (epoch, sequence) = text.trim().split_once('-')?;
+        if epoch.parse::<u64>().ok()? != self.epoch {
+            return None;
+        }
+        sequence.parse().ok()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -203,6 +223,15 @@ mod tests {
             other => panic!("expected a lag report, got {other:?}"),
         };
         assert_eq!(lost, CLIENT_BUFFER as u64);
+    }
+
+    #[test]
+    fn event_ids_of_other_processes_ignored() {
+        let catalog = Catalog::new(vec![]);
+        let id = catalog.event_id(7);
+        assert_eq!(catalog.parse_event_id(&id), Some(7));
+        assert_eq!(catalog.parse_event_id("7"), None, "an id without epoch");
+        assert_eq!(catalog.parse_event_id(&format!("{}-7", catalog.epoch + 1)), None, "another process");
     }
 
     #[test]

@@ -32,6 +32,7 @@ const POLICY_REASONS: &[&str] = &[
     "missing_field",
     "logoff_url_mismatch",
     "logoff_from_other_address",
+    "logged_off",
     "id_too_long",
     "url_too_long",
 ];

@@ -105,17 +105,18 @@ async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: 
     let response = next.run(request).await;
     let status = response.status().as_u16();
     state.metrics.count_request(&route, status);
-    info!(%method, path, status, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    info!(%method, path, status, elapsed_us = started.elapsed().as_micros(), "request");
     response
 }
 
 /// Moves the discoverer's events into the catalog and the metrics.
 async fn pump_events(state: Arc<AppState>, mut events: msd::Events) {
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     while let Some(event) = events.next().await {
         match &event {
             Event::Up(info) => {
                 state.metrics.count_event("up", None);
-                observe_latency(&state.metrics, info);
+                observe_latency(&state.metrics, info, started);
             }
             Event::Changed { .. } => state.metrics.count_event("changed", None),
             Event::Down { reason, .. } => state.metrics.count_event("down", Some(reason.to_string())),
@@ -125,15 +126,16 @@ async fn pump_events(state: Arc<AppState>, mut events: msd::Events) {
 }
 
 /// Records the time from an instance's start to its discovery. The msd runtime sets the
-/// incarnation to the start time in microseconds, so the difference spans two hosts' clocks;
-/// values above an hour are an instance that started before this server and are skipped.
-fn observe_latency(metrics: &Metrics, info: &msd::InstanceInfo) {
+/// incarnation to the start time in microseconds, so the difference spans two hosts' clocks.
+fn observe_latency(metrics: &Metrics, info: &msd::InstanceInfo, server_start: Duration) {
     let Some(incarnation) = info.incarnation else { return };
+    if Duration::from_micros(incarnation) < server_start {
+        // Started before this server: its latency would be its uptime.
+        return;
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let Some(latency) = now.checked_sub(Duration::from_micros(incarnation)) else { return };
-    if latency < Duration::from_secs(3600) {
-        metrics.observe_discovery_latency(latency.as_secs_f64());
-    }
+    metrics.observe_discovery_latency(latency.as_secs_f64());
 }
 
 /// Applies the key file again on every SIGHUP, for key rotation without a restart.

@@ -37,22 +37,22 @@ pub(crate) async fn events(
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok());
+        .and_then(|value| state.catalog.parse_event_id(value));
     let (start, receiver) = state.catalog.subscribe(last_event_id);
     let state_stopping = state.stopping.clone();
     let first: Vec<SseEvent> = match start {
-        Start::Snapshot { sequence, instances } => vec![snapshot_event(sequence, &instances)],
-        Start::Resume { changes } => changes.iter().map(|change| change_event(change)).collect(),
+        Start::Snapshot { sequence, instances } => vec![snapshot_event(&state, sequence, &instances)],
+        Start::Resume { changes } => changes.iter().map(|change| change_event(&state, change)).collect(),
     };
 
     let follow = stream::unfold((receiver, state), |(mut receiver, state)| async move {
         let event = match receiver.recv().await {
-            Ok(change) => change_event(&change),
+            Ok(change) => change_event(&state, &change),
             Err(RecvError::Lagged(missed)) => {
                 state.metrics.count_sse_lagged(missed);
                 tracing::debug!(missed, "event-stream client fell behind; sending a fresh snapshot");
                 let (sequence, instances) = state.catalog.snapshot();
-                snapshot_event(sequence, &instances)
+                snapshot_event(&state, sequence, &instances)
             }
             Err(RecvError::Closed) => return None,
         };
@@ -66,13 +66,13 @@ pub(crate) async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-fn snapshot_event(sequence: u64, instances: &[InstanceInfo]) -> SseEvent {
+fn snapshot_event(state: &AppState, sequence: u64, instances: &[InstanceInfo]) -> SseEvent {
     let now = now();
     let list: Vec<InstanceJson> = instances.iter().map(|info| InstanceJson::new(info, now)).collect();
-    SseEvent::default().event("snapshot").id(sequence.to_string()).json_data(list).unwrap_or_default()
+    SseEvent::default().event("snapshot").id(state.catalog.event_id(sequence)).json_data(list).unwrap_or_default()
 }
 
-fn change_event(change: &Change) -> SseEvent {
+fn change_event(state: &AppState, change: &Change) -> SseEvent {
     let body = ChangeJson {
         event: change.kind.name(),
         reason: match change.kind {
@@ -83,7 +83,7 @@ fn change_event(change: &Change) -> SseEvent {
     };
     SseEvent::default()
         .event(change.kind.name())
-        .id(change.sequence.to_string())
+        .id(state.catalog.event_id(change.sequence))
         .json_data(body)
         .unwrap_or_default()
 }
