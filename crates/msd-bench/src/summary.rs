@@ -40,13 +40,22 @@ impl Summary {
 
     /// Summarizes durations in milliseconds.
     pub fn of_millis(samples: &[Duration]) -> Option<Summary> {
-        let millis: Vec<f64> = samples.iter().map(|sample| sample.as_secs_f64() * 1e3).collect();
+        let millis: Vec<f64> = samples
+            .iter()
+            .map(|sample| sample.as_secs_f64() * 1e3)
+            .collect();
         Summary::of(&millis)
     }
 
-    /// A summary of one value, for figures computed once, such as ratios.
+    /// Returns the summary of one value, for figures computed once, such as ratios.
     pub fn single(value: f64) -> Summary {
-        Summary { count: 1, min: value, median: value, p99: value, max: value }
+        Summary {
+            count: 1,
+            min: value,
+            median: value,
+            p99: value,
+            max: value,
+        }
     }
 }
 

@@ -87,11 +87,15 @@ impl InterfaceState {
 /// `if_addr.h`). Sending from such an address fails with `EADDRNOTAVAIL`.
 const IFA_F_TENTATIVE: u32 = 0x40;
 
-/// Returns the link-local addresses that are still tentative, from `/proc/net/if_inet6`, whose
-/// lines read `<32 hex digits> <index> <prefix length> <scope> <flags> <name>`, all hexadecimal.
-/// An unreadable file yields none, so every address counts as usable.
+/// Returns the link-local addresses that are still tentative, from `if_inet6` under `/proc`,
+/// whose lines read `<32 hex digits> <index> <prefix length> <scope> <flags> <name>`, all
+/// hexadecimal. The calling thread's own view comes first, since a thread may have entered
+/// another network namespace than the process's main thread. An unreadable file yields none, so
+/// every address counts as usable.
 fn tentative_addresses() -> Vec<Ipv6Addr> {
-    let Ok(text) = std::fs::read_to_string("/proc/net/if_inet6") else { return Vec::new() };
+    let text = std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .or_else(|_| std::fs::read_to_string("/proc/net/if_inet6"));
+    let Ok(text) = text else { return Vec::new() };
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
