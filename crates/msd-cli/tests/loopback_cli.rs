@@ -68,6 +68,19 @@ impl Msd {
         serde_json::from_str(&line).unwrap()
     }
 
+    /// Waits for the `skip + 1`-th up or changed event that shows `id` with `health`.
+    fn wait_health(&self, skip: usize, id: &str, health: &str) -> Value {
+        let line = self.wait_for(skip, |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|value| {
+                (value["event"] == "up" || value["event"] == "changed")
+                    && value["instance"]["id"] == id
+                    && value["instance"]["health"] == health
+            })
+        });
+        let line = line.unwrap_or_else(|| panic!("{id} never became {health}:\n{}", self.output()));
+        serde_json::from_str(&line).unwrap()
+    }
+
     fn count_events(&self, kind: &str) -> usize {
         self.lines.0.lock().unwrap().iter().filter(|line| {
             serde_json::from_str::<Value>(line).is_ok_and(|value| value["event"] == kind)
@@ -134,17 +147,18 @@ fn http_check_flips_health() {
     announce.extend(["--check-interval", "200ms", "--check-fall", "2", "--check-rise", "2"]);
     let _instance = Msd::start(&announce);
 
-    let up = watcher.wait_event(0, "up", "checked");
-    assert_eq!(up["instance"]["health"], "serving");
+    // The instance starts failing and serves once its first check has passed; the watcher may
+    // join late and see only the second state.
+    watcher.wait_health(0, "checked", "serving");
 
     status.store(503, Ordering::SeqCst);
-    let failing = watcher.wait_event(0, "changed", "checked");
-    assert_eq!(failing["instance"]["health"], "failing");
+    let failing = watcher.wait_health(1, "checked", "failing");
+    assert_eq!(failing["event"], "changed");
     assert_eq!(failing["previous"]["health"], "serving");
 
     status.store(200, Ordering::SeqCst);
-    let recovered = watcher.wait_event(1, "changed", "checked");
-    assert_eq!(recovered["instance"]["health"], "serving");
+    let recovered = watcher.wait_health(1, "checked", "serving");
+    assert_eq!(recovered["previous"]["health"], "failing");
 }
 
 #[test]
@@ -160,12 +174,11 @@ fn tcp_check_drains_when_port_closes() {
     announce.extend(["--id", "tcp-checked", "--url", "http://127.0.0.1:1/", "--check-tcp", &address]);
     announce.extend(["--check-interval", "200ms", "--check-fall", "1", "--check-fail-health", "draining"]);
     let _instance = Msd::start(&announce);
-    let up = watcher.wait_event(0, "up", "tcp-checked");
-    assert_eq!(up["instance"]["health"], "serving");
+    watcher.wait_health(0, "tcp-checked", "serving");
 
     drop(listener);
-    let draining = watcher.wait_event(0, "changed", "tcp-checked");
-    assert_eq!(draining["instance"]["health"], "draining");
+    let draining = watcher.wait_health(1, "tcp-checked", "draining");
+    assert_eq!(draining["previous"]["health"], "serving");
 }
 
 /// Rotates the key of a running instance and discoverer with SIGHUP, in the three documented
