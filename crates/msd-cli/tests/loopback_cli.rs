@@ -46,12 +46,17 @@ impl Msd {
     }
 
     /// Waits for the `skip + 1`-th line that `predicate` accepts.
-    fn wait_for(&self, skip: usize, mut predicate: impl FnMut(&str) -> bool) -> Option<String> {
+    fn wait_for(&self, skip: usize, predicate: impl FnMut(&str) -> bool) -> Option<String> {
+        self.wait_for_from(0, skip, predicate)
+    }
+
+    /// Like [`Msd::wait_for`], looking only at the lines from index `from` on.
+    fn wait_for_from(&self, from: usize, skip: usize, mut predicate: impl FnMut(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + WAIT;
         let (list, changed) = &*self.lines;
         let mut lines = list.lock().unwrap();
         loop {
-            let found: Vec<&String> = lines.iter().filter(|line| predicate(line)).collect();
+            let found: Vec<&String> = lines.iter().skip(from).filter(|line| predicate(line)).collect();
             if let Some(line) = found.get(skip) {
                 return Some((*line).clone());
             }
@@ -68,9 +73,14 @@ impl Msd {
         serde_json::from_str(&line).unwrap()
     }
 
-    /// Waits for the `skip + 1`-th up or changed event that shows `id` with `health`.
-    fn wait_health(&self, skip: usize, id: &str, health: &str) -> Value {
-        let line = self.wait_for(skip, |line| {
+    fn line_count(&self) -> usize {
+        self.lines.0.lock().unwrap().len()
+    }
+
+    /// Waits for an up or changed event, among the lines from index `from` on, that shows `id`
+    /// with `health`.
+    fn wait_health(&self, from: usize, id: &str, health: &str) -> Value {
+        let line = self.wait_for_from(from, 0, |line| {
             serde_json::from_str::<Value>(line).is_ok_and(|value| {
                 (value["event"] == "up" || value["event"] == "changed")
                     && value["instance"]["id"] == id
@@ -151,13 +161,15 @@ fn http_check_flips_health() {
     // join late and see only the second state.
     watcher.wait_health(0, "checked", "serving");
 
+    let before_flip = watcher.line_count();
     status.store(503, Ordering::SeqCst);
-    let failing = watcher.wait_health(1, "checked", "failing");
+    let failing = watcher.wait_health(before_flip, "checked", "failing");
     assert_eq!(failing["event"], "changed");
     assert_eq!(failing["previous"]["health"], "serving");
 
+    let before_recovery = watcher.line_count();
     status.store(200, Ordering::SeqCst);
-    let recovered = watcher.wait_health(1, "checked", "serving");
+    let recovered = watcher.wait_health(before_recovery, "checked", "serving");
     assert_eq!(recovered["previous"]["health"], "failing");
 }
 
@@ -176,8 +188,9 @@ fn tcp_check_drains_when_port_closes() {
     let _instance = Msd::start(&announce);
     watcher.wait_health(0, "tcp-checked", "serving");
 
+    let before_close = watcher.line_count();
     drop(listener);
-    let draining = watcher.wait_health(1, "tcp-checked", "draining");
+    let draining = watcher.wait_health(before_close, "tcp-checked", "draining");
     assert_eq!(draining["previous"]["health"], "serving");
 }
 
