@@ -117,7 +117,7 @@ pub(crate) enum GroupCommand {
     },
 }
 
-/// Where the group is: shared by `announce` and `browse`.
+/// Group settings shared by every command that joins the group.
 #[derive(Debug, Args)]
 pub(crate) struct NetworkArgs {
     /// Group id of the service: 28 hexadecimal digits (create one with `msd group new`)

@@ -84,7 +84,7 @@ fn clap_error(error: &clap::Error) -> ExitCode {
         _ => {}
     }
     let rendered = error.render().to_string();
-    // clap's first paragraph holds the error, sometimes over several indented lines.
+    // clap's first paragraph contains the error, sometimes over several indented lines.
     let paragraph = rendered.split("\n\n").next().unwrap_or_default();
     let first = paragraph
         .lines()

@@ -1,6 +1,6 @@
 use thiserror::Error;
 
-/// Why a datagram was rejected.
+/// Reason a datagram was rejected.
 ///
 /// Every variant is the peer's fault: decoding never fails because of local state, and a failed
 /// decode never changes anything a caller already knows. [`DecodeError::kind`] gives a stable label
@@ -84,7 +84,7 @@ impl DecodeError {
     }
 }
 
-/// Why a packet could not be encoded. This is the caller's fault: a value is too large.
+/// Reason a packet could not be encoded. This is the caller's fault: a value is too large.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum EncodeError {

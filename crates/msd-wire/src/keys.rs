@@ -73,7 +73,7 @@ impl fmt::Debug for Key {
     }
 }
 
-/// Why a key file could not be read. Messages give the line, never key material.
+/// Error reading a key file. Messages give the line, never key material.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum KeyRingError {

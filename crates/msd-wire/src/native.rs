@@ -44,9 +44,9 @@ pub const TAG_LEN: usize = 16;
 /// Largest native packet msd builds: the IPv6 minimum MTU of 1280 bytes less the IPv6 and UDP
 /// headers, so a packet is never fragmented.
 pub const MAX_PACKET: usize = 1232;
-/// Longest instance id.
+/// Maximum length of an instance id, in bytes.
 pub const MAX_ID_LEN: usize = 255;
-/// Longest metadata key.
+/// Maximum length of a metadata key, in bytes.
 pub const MAX_METADATA_KEY_LEN: usize = 255;
 
 const FLAG_AUTHENTICATED: u8 = 0x01;
@@ -183,7 +183,7 @@ pub struct NativePacket<'a> {
     pub key_id: Option<KeyId>,
 }
 
-/// What the receiver requires of authentication.
+/// The authentication a receiver requires.
 #[derive(Debug, Clone, Copy)]
 pub enum Verify<'k> {
     /// Accept packets with or without a tag, without checking tags (no key configured).

@@ -26,7 +26,7 @@ use msd_engine::{Health, InstanceInfo};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// How a [`Balancer`] chooses among the eligible instances.
+/// The rule a [`Balancer`] uses to choose among the eligible instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// Uniformly at random.

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::output::InstanceJson;
 use crate::serve::AppState;
 
-/// An error answer: `{"error": "..."}` with a status.
+/// An error response: `{"error": "..."}` with a status.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
@@ -48,7 +48,7 @@ impl From<msd::Error> for ApiError {
     }
 }
 
-/// Which instances a request wants: `health=serving,draining`, `metadata.KEY=VALUE`,
+/// The instances a request selects: `health=serving,draining`, `metadata.KEY=VALUE`,
 /// `protocol=native`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Filter {

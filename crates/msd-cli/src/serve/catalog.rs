@@ -39,7 +39,7 @@ impl ChangeKind {
     }
 }
 
-/// What a new event-stream client starts from.
+/// The starting point of a new event-stream client.
 #[derive(Debug)]
 pub(crate) enum Start {
     /// The whole table, as of `sequence`.
@@ -112,7 +112,7 @@ impl Catalog {
             inner.history.pop_front();
         }
         inner.history.push_back(Arc::clone(&change));
-        // Sent under the lock, so a subscriber that took the lock sees each change exactly once:
+        // Sent under the lock, so a subscriber that took the lock receives each change exactly once:
         // either in its starting state or from the channel.
         let _ = self.sender.send(Arc::clone(&change));
         change
@@ -209,7 +209,7 @@ mod tests {
     }
 
     /// A client that never reads must not hold up changes: the broadcast overwrites its oldest
-    /// entries and tells it how many it lost, which the event stream answers with a snapshot.
+    /// entries and reports how many it lost, which the event stream answers with a snapshot.
     #[test]
     fn stalled_subscriber_never_blocks() {
         let catalog = Catalog::new(vec![]);

@@ -27,7 +27,7 @@ use metrics::Metrics;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// What every handler shares.
+/// State shared by every handler.
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub(crate) discoverer: Discoverer,
