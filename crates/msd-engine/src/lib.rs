@@ -49,7 +49,7 @@ mod types;
 pub use discoverer::{Discoverer, DiscovererConfig};
 pub use instance::{Instance, InstanceConfig, LogoffTemplate};
 pub use msd_wire::native::Health;
-pub use stats::{KindCounts, Stats};
+pub use stats::{KindCounts, Stats, AUTHENTICATION_REASONS};
 pub use types::{
     Destination, DownReason, Event, InstanceInfo, InterfaceIndex, Protocol, ProtocolMode, Received,
     Transmit,

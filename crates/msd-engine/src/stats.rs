@@ -58,6 +58,10 @@ pub struct Stats {
     pub rejected: BTreeMap<&'static str, u64>,
 }
 
+/// Rejection reasons that mean a packet failed authentication: no tag, an unknown key, a tag
+/// that does not match, or a timestamp outside the clock-skew window.
+pub const AUTHENTICATION_REASONS: &[&str] = &["unauthenticated", "unknown_key", "bad_tag", "stale_timestamp"];
+
 impl Stats {
     pub(crate) fn reject(&mut self, reason: &'static str) {
         *self.rejected.entry(reason).or_insert(0) += 1;
@@ -66,6 +70,22 @@ impl Stats {
     /// Returns the number of datagrams dropped for any reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
+    }
+
+    /// Returns the datagrams that failed authentication (see [`AUTHENTICATION_REASONS`]).
+    pub fn authentication_failures(&self) -> u64 {
+        self.count_reasons(|reason| AUTHENTICATION_REASONS.contains(&reason))
+    }
+
+    /// Returns the datagrams that were not valid packets, authentication failures excluded.
+    pub fn decode_failures(&self) -> u64 {
+        self.count_reasons(|reason| {
+            msd_wire::DecodeError::KINDS.contains(&reason) && !AUTHENTICATION_REASONS.contains(&reason)
+        })
+    }
+
+    fn count_reasons(&self, wanted: impl Fn(&str) -> bool) -> u64 {
+        self.rejected.iter().filter(|(reason, _)| wanted(reason)).map(|(_, count)| count).sum()
     }
 
     /// Returns the valid packets received of both protocols.
@@ -86,5 +106,21 @@ fn add(a: KindCounts, b: KindCounts) -> KindCounts {
         logoff: a.logoff + b.logoff,
         probe: a.probe + b.probe,
         other: a.other + b.other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_classified() {
+        let mut stats = Stats::default();
+        for reason in ["truncated", "bad_tag", "stale_timestamp", "logged_off", "rate_limit", "unknown_key"] {
+            stats.reject(reason);
+        }
+        assert_eq!(stats.decode_failures(), 1, "only truncated is a decode failure");
+        assert_eq!(stats.authentication_failures(), 3);
+        assert_eq!(stats.rejected_total(), 6);
     }
 }

@@ -55,6 +55,33 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every label [`DecodeError::kind`] returns, so counters can tell decode failures from
+    /// other rejections.
+    pub const KINDS: &'static [&'static str] = &[
+        "empty",
+        "truncated",
+        "trailing_bytes",
+        "too_deep",
+        "not_a_map",
+        "unexpected_key",
+        "missing_type",
+        "missing_host",
+        "invalid_type",
+        "type_out_of_range",
+        "invalid_host",
+        "unexpected_host_key",
+        "missing_field",
+        "field_not_string",
+        "invalid_utf8",
+        "not_native",
+        "unsupported_version",
+        "unknown_kind",
+        "invalid_field",
+        "unauthenticated",
+        "unknown_key",
+        "bad_tag",
+    ];
+
     /// Returns a short, stable label for this reason, suitable as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -96,4 +123,41 @@ pub enum EncodeError {
     EmptyField { field: &'static str },
     #[error("the packet would be {size} bytes, more than the maximum of {max}; shorten field `{field}`")]
     TooLarge { field: &'static str, size: usize, max: usize },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_listed() {
+        let samples = [
+            DecodeError::Empty,
+            DecodeError::Truncated,
+            DecodeError::TrailingBytes { count: 1 },
+            DecodeError::TooDeep { max: 1 },
+            DecodeError::NotAMap,
+            DecodeError::UnexpectedKey,
+            DecodeError::MissingType,
+            DecodeError::MissingHost,
+            DecodeError::InvalidType,
+            DecodeError::TypeOutOfRange,
+            DecodeError::InvalidHost,
+            DecodeError::UnexpectedHostKey,
+            DecodeError::MissingField { field: "id" },
+            DecodeError::FieldNotString { field: "id" },
+            DecodeError::InvalidUtf8 { field: "id" },
+            DecodeError::NotNative,
+            DecodeError::UnsupportedVersion { major: 2 },
+            DecodeError::UnknownKind { kind: 9 },
+            DecodeError::InvalidField { field: "id" },
+            DecodeError::Unauthenticated,
+            DecodeError::UnknownKey,
+            DecodeError::BadTag,
+        ];
+        assert_eq!(samples.len(), DecodeError::KINDS.len());
+        for error in samples {
+            assert!(DecodeError::KINDS.contains(&error.kind()), "{} missing", error.kind());
+        }
+    }
 }

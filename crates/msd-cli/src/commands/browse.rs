@@ -56,10 +56,7 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     if instances.is_empty() {
         let listened = Duration::from_millis(u64::try_from(listened.as_millis()).unwrap_or(u64::MAX));
         let mut message = humantime::format_duration(listened).to_string();
-        let refused: u64 = ["unauthenticated", "unknown_key", "bad_tag", "stale_timestamp"]
-            .iter()
-            .filter_map(|reason| stats.packets.rejected.get(reason))
-            .sum();
+        let refused = stats.packets.authentication_failures();
         if refused > 0 {
             message.push_str(&format!(
                 "; {refused} packets failed authentication: check that every host uses the same key file, and its clock"

@@ -14,28 +14,6 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
-/// Rejection reasons that mean a packet failed authentication.
-const AUTHENTICATION_REASONS: &[&str] = &["unauthenticated", "unknown_key", "bad_tag", "stale_timestamp"];
-
-/// Rejection reasons of the engine itself rather than the decoder.
-const POLICY_REASONS: &[&str] = &[
-    "instance_limit",
-    "no_host",
-    "rate_limit",
-    "rate_table_full",
-    "too_large",
-    "old_incarnation",
-    "old_sequence",
-    "other_group",
-    "protocol_disabled",
-    "tombstone_limit",
-    "missing_field",
-    "logoff_url_mismatch",
-    "logoff_from_other_address",
-    "logged_off",
-    "id_too_long",
-    "url_too_long",
-];
 
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -160,15 +138,8 @@ impl Metrics {
                 add(format!("out/{protocol}/{kind}"), count_out, &self.packets_out.get_or_create(&labels));
             }
         }
-        let mut decode_total = 0;
-        let mut authentication_total = 0;
         for (reason, count) in &packets.rejected {
             add(format!("rejected/{reason}"), *count, &self.rejections.get_or_create(&vec![("reason", (*reason).to_owned())]));
-            if AUTHENTICATION_REASONS.contains(reason) {
-                authentication_total += count;
-            } else if !POLICY_REASONS.contains(reason) {
-                decode_total += count;
-            }
         }
         for (reason, count) in [
             ("truncated_datagram", stats.truncated),
@@ -178,7 +149,7 @@ impl Metrics {
         ] {
             add(format!("rejected/{reason}"), count, &self.rejections.get_or_create(&vec![("reason", reason.to_owned())]));
         }
-        add("decode".to_owned(), decode_total, &self.decode_failures);
-        add("authentication".to_owned(), authentication_total, &self.authentication_failures);
+        add("decode".to_owned(), packets.decode_failures(), &self.decode_failures);
+        add("authentication".to_owned(), packets.authentication_failures(), &self.authentication_failures);
     }
 }
