@@ -1,6 +1,5 @@
 //! Keeping the table of live instances of a service.
 
-use std::net::Ipv4Addr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,40 +66,7 @@ pub struct DiscovererBuilder {
 }
 
 impl DiscovererBuilder {
-    /// Restricts the discoverer to one more named interface (see [`InterfaceSelection::Named`]).
-    pub fn interface(mut self, name: impl Into<String>) -> Self {
-        let name = name.into();
-        match &mut self.network.interfaces {
-            Some(InterfaceSelection::Named(names)) => names.push(name),
-            _ => self.network.interfaces = Some(InterfaceSelection::Named(vec![name])),
-        }
-        self
-    }
-
-    /// Sets which interfaces to use. Default: the names in `MSD_MULTICAST_INTERFACE` when it is
-    /// set, else every up, multicast-capable, non-loopback interface.
-    pub fn interfaces(mut self, selection: InterfaceSelection) -> Self {
-        self.network.interfaces = Some(selection);
-        self
-    }
-
-    /// Sets the IP version of the group. Default: IPv6, the seed protocol's only mode.
-    pub fn ip_version(mut self, ip: IpVersion) -> Self {
-        self.network.ip = ip;
-        self
-    }
-
-    /// Overrides the IPv4 group address derived from the group id.
-    pub fn ipv4_group(mut self, address: Ipv4Addr) -> Self {
-        self.network.ipv4_group = Some(address);
-        self
-    }
-
-    /// Sets the UDP port of the group. Default: 53566, the seed protocol's port.
-    pub fn port(mut self, port: u16) -> Self {
-        self.network.port = port;
-        self
-    }
+    crate::net::network_setters!();
 
     /// Sets the protocols sent and accepted. Default: both. With a key ring only authenticated
     /// native packets are accepted.
@@ -162,12 +128,6 @@ impl DiscovererBuilder {
     /// Sets the maximum number of instances tracked. Default: 10,000.
     pub fn max_instances(mut self, max: NonZeroUsize) -> Self {
         self.engine.max_instances = max;
-        self
-    }
-
-    /// Sets how often interfaces are checked for changes. Default: 2 s.
-    pub fn interface_rescan_interval(mut self, interval: Duration) -> Self {
-        self.network.rescan_interval = interval;
         self
     }
 

@@ -1,7 +1,6 @@
 //! Announcing one instance of a service.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +48,8 @@ pub struct InstanceBuilder {
 }
 
 impl InstanceBuilder {
+    crate::net::network_setters!();
+
     /// Sets the instance id, unique within the group. Required. The original implementation
     /// requires exactly 8 characters; msd and the original's discoverers accept any non-empty id.
     pub fn id(mut self, id: impl Into<String>) -> Self {
@@ -59,41 +60,6 @@ impl InstanceBuilder {
     /// Sets the URL clients use to reach the instance. Required; must be an absolute URL.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.engine.url = url.into();
-        self
-    }
-
-    /// Restricts the instance to one more named interface (see [`InterfaceSelection::Named`]).
-    pub fn interface(mut self, name: impl Into<String>) -> Self {
-        let name = name.into();
-        match &mut self.network.interfaces {
-            Some(InterfaceSelection::Named(names)) => names.push(name),
-            _ => self.network.interfaces = Some(InterfaceSelection::Named(vec![name])),
-        }
-        self
-    }
-
-    /// Sets which interfaces to use. Default: the names in `MSD_MULTICAST_INTERFACE` when it is
-    /// set, else every up, multicast-capable, non-loopback interface.
-    pub fn interfaces(mut self, selection: InterfaceSelection) -> Self {
-        self.network.interfaces = Some(selection);
-        self
-    }
-
-    /// Sets the IP version of the group. Default: IPv6, the seed protocol's only mode.
-    pub fn ip_version(mut self, ip: IpVersion) -> Self {
-        self.network.ip = ip;
-        self
-    }
-
-    /// Overrides the IPv4 group address derived from the group id.
-    pub fn ipv4_group(mut self, address: Ipv4Addr) -> Self {
-        self.network.ipv4_group = Some(address);
-        self
-    }
-
-    /// Sets the UDP port of the group. Default: 53566, the seed protocol's port.
-    pub fn port(mut self, port: u16) -> Self {
-        self.network.port = port;
         self
     }
 
@@ -164,12 +130,6 @@ impl InstanceBuilder {
     /// Sets the longest random delay before answering a DISCOVER. Default: 100 ms.
     pub fn max_answer_delay(mut self, delay: Duration) -> Self {
         self.engine.max_answer_delay = delay;
-        self
-    }
-
-    /// Sets how often interfaces are checked for changes. Default: 2 s.
-    pub fn interface_rescan_interval(mut self, interval: Duration) -> Self {
-        self.network.rescan_interval = interval;
         self
     }
 

@@ -11,6 +11,54 @@ use msd_wire::GroupId;
 
 pub use interfaces::InterfaceSelection;
 
+/// Defines the builder methods for the network settings, shared by the instance and discoverer
+/// builders (both keep a `network: NetworkConfig` field).
+macro_rules! network_setters {
+    () => {
+        /// Restricts use to one more named interface (see [`InterfaceSelection::Named`]).
+        pub fn interface(mut self, name: impl Into<String>) -> Self {
+            let name = name.into();
+            match &mut self.network.interfaces {
+                Some(InterfaceSelection::Named(names)) => names.push(name),
+                _ => self.network.interfaces = Some(InterfaceSelection::Named(vec![name])),
+            }
+            self
+        }
+
+        /// Sets which interfaces to use. Default: the names in `MSD_MULTICAST_INTERFACE` when it
+        /// is set, else every up, multicast-capable, non-loopback interface.
+        pub fn interfaces(mut self, selection: InterfaceSelection) -> Self {
+            self.network.interfaces = Some(selection);
+            self
+        }
+
+        /// Sets the IP version of the group. Default: IPv6, the seed protocol's only mode.
+        pub fn ip_version(mut self, ip: IpVersion) -> Self {
+            self.network.ip = ip;
+            self
+        }
+
+        /// Overrides the IPv4 group address derived from the group id.
+        pub fn ipv4_group(mut self, address: std::net::Ipv4Addr) -> Self {
+            self.network.ipv4_group = Some(address);
+            self
+        }
+
+        /// Sets the UDP port of the group. Default: 53566, the seed protocol's port.
+        pub fn port(mut self, port: u16) -> Self {
+            self.network.port = port;
+            self
+        }
+
+        /// Sets how often interfaces are checked for changes. Default: 2 s.
+        pub fn interface_rescan_interval(mut self, interval: std::time::Duration) -> Self {
+            self.network.rescan_interval = interval;
+            self
+        }
+    };
+}
+pub(crate) use network_setters;
+
 use crate::Error;
 
 /// Environment variable naming the interfaces to use, comma-separated, as the seed library read it.
