@@ -29,7 +29,7 @@ pub(crate) enum Command {
     Announce(AnnounceArgs),
     /// List the live instances of a service, or follow their changes
     Browse(BrowseArgs),
-    /// Run a discoverer and three instances on the loopback interface and show what it sees
+    /// Run a discoverer and three instances on the loopback interface and print what it discovers
     Demo(DemoArgs),
     /// Manage keys for authenticated packets
     #[command(subcommand)]

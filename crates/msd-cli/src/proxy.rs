@@ -189,7 +189,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// An `Arc` whose strong count is the number of open connections plus one.
+/// Creates an `Arc` whose strong count is the number of open connections plus one.
 fn connection_tracker() -> Arc<()> {
     Arc::new(())
 }

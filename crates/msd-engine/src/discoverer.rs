@@ -22,7 +22,7 @@ pub struct DiscovererConfig {
     /// The service's group; native packets of other groups are dropped as `other_group`.
     pub group: GroupId,
     /// Protocols sent and accepted. Default: both. With `keys` set only authenticated native
-    /// packets are accepted, whatever this says.
+    /// packets are accepted, whatever this field contains.
     pub protocols: ProtocolMode,
     /// Keys that authenticate packets. When set, every packet must carry a valid tag.
     pub keys: Option<KeyRing>,
@@ -353,8 +353,9 @@ impl Discoverer {
     }
 
     fn seed_upsert(&mut self, now: Instant, host: SeedHost<'_>, datagram: &Received<'_>) {
-        // A seed ANNOUNCE carries no sequence number, so after a native LOGOFF it cannot be told
-        // from a late copy of one sent before it; while the tombstone lives it is ignored.
+        // A seed ANNOUNCE carries no sequence number, so after a native LOGOFF it cannot be
+        // distinguished from a late copy of one sent before it. While the tombstone lives it is
+        // ignored.
         if !self.entries.contains_key(host.id) && self.tombstones.get(host.id).is_some_and(|tombstone| tombstone.until > now) {
             return self.reject("logged_off", datagram);
         }
@@ -391,8 +392,8 @@ impl Discoverer {
             if let Some(reason) = order_violation(&entry.info, incarnation, sequence) {
                 return self.reject(reason, datagram);
             }
-            // A seed entry holds no order of its own; the tombstone of an earlier native LOGOFF
-            // still does.
+            // A seed entry has no order of its own, but the tombstone of an earlier native LOGOFF
+            // does.
             if entry.info.incarnation.is_none() {
                 if let Some(tombstone) = self.tombstones.get(id).filter(|tombstone| tombstone.until > now) {
                     if (incarnation, sequence) <= (tombstone.incarnation, tombstone.sequence) {
@@ -446,7 +447,7 @@ impl Discoverer {
 
     /// Returns whether a LOGOFF for `id` may be applied: it comes from the IP address the
     /// instance was last heard from, or the packets are authenticated. Any port is fine, since a
-    /// dropped handle says goodbye from another socket. Without a key anyone on the link could
+    /// dropped handle sends its LOGOFF from another socket. Without a key anyone on the link could
     /// otherwise remove any instance with one packet.
     fn logoff_allowed(&self, id: &str, datagram: &Received<'_>) -> bool {
         if self.config.keys.is_some() {

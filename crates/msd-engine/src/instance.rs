@@ -20,10 +20,10 @@ pub struct InstanceConfig {
     pub group: GroupId,
     /// The instance's id, unique within the group; 1 to 255 bytes.
     pub id: String,
-    /// Where the instance serves.
+    /// The URL clients use to reach the instance.
     pub url: String,
-    /// Protocols sent and answered. Default: both. With `keys` set only the native protocol is
-    /// used, whatever this says.
+    /// Protocols sent and responded to. Default: both. With `keys` set only the native protocol is
+    /// used, whatever this field contains.
     pub protocols: ProtocolMode,
     /// Keys that authenticate packets; the primary key signs.
     pub keys: Option<KeyRing>,
@@ -138,7 +138,7 @@ impl InstanceConfig {
 }
 
 /// Builds the LOGOFF packets of an instance without the instance itself, for a runtime that
-/// must say goodbye after its engine is gone (a dropped handle).
+/// must send them after its engine is gone (a dropped handle).
 #[derive(Debug, Clone)]
 pub struct LogoffTemplate {
     config: InstanceConfig,
@@ -516,7 +516,7 @@ impl Instance {
     }
 
     /// Sends an ANNOUNCE out of one interface, native before seed so that a discoverer that
-    /// accepts both sees the richer format first.
+    /// accepts both receives the richer format first.
     fn announce_on(&mut self, now: Instant, interface: InterfaceIndex, native: bool, seed: bool) {
         let destination = Destination::Group { interface };
         if native && self.protocols.native() {

@@ -16,7 +16,7 @@ impl fmt::Display for InterfaceIndex {
     }
 }
 
-/// Where a datagram goes.
+/// The destination of a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// The service's multicast group, sent out of one interface.
@@ -63,7 +63,7 @@ impl Protocol {
     }
 }
 
-/// Which protocols an instance sends, or a discoverer accepts.
+/// The protocols an instance sends, or a discoverer accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ProtocolMode {
     /// The seed protocol only.
@@ -98,7 +98,7 @@ impl std::str::FromStr for ProtocolMode {
     }
 }
 
-/// What a discoverer knows about one live instance.
+/// A discoverer's record of one live instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceInfo {
     pub id: String,
@@ -117,7 +117,7 @@ pub struct InstanceInfo {
     pub incarnation: Option<u64>,
     /// Sequence number of the last packet applied (native protocol only).
     pub sequence: Option<u64>,
-    /// How long the instance said it stays alive without another packet (native protocol only).
+    /// How long the instance announced it stays alive without another packet (native protocol only).
     pub ttl: Option<Duration>,
     /// The key that authenticated the instance's last packet.
     pub key_id: Option<KeyId>,
@@ -129,7 +129,7 @@ pub struct InstanceInfo {
     pub last_seen: Instant,
 }
 
-/// Why an instance left the table.
+/// The reason an instance left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DownReason {
     /// The instance sent LOGOFF.

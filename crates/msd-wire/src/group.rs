@@ -48,7 +48,7 @@ impl GroupId {
     ///
     /// The low 24 bits are the 32-bit FNV-1a hash of the id folded to 24 bits (xor of the top byte
     /// into the bottom, as the FNV authors describe for shorter hashes). The seed protocol has no
-    /// IPv4 mode, so this mapping is msd's own; two services can collide here with a probability
+    /// IPv4 mode, so this mapping is msd's own. Two services can collide here with a probability
     /// of about 2^-24 per pair, which is why the address can be overridden.
     pub fn ipv4_multicast(&self) -> Ipv4Addr {
         const FNV_OFFSET: u32 = 0x811c_9dc5;

@@ -17,7 +17,7 @@
 //!
 //! All integers are big-endian. Field values: `id` (1), `url` (5) and metadata (9) are UTF-8;
 //! `incarnation` (2) and `sequence` (3) are u64; `ttl` (4, milliseconds), `weight` (7) and
-//! `load` (8) are u32; `health` (6) is one byte. A metadata field holds a key length byte, the key,
+//! `load` (8) are u32; `health` (6) is one byte. A metadata field contains a key length byte, the key,
 //! and the value in the rest. Unknown field types are skipped.
 
 use std::collections::BTreeMap;
@@ -580,7 +580,7 @@ mod tests {
     }
 
     /// Without a tag, a cut exactly between two fields leaves a shorter valid packet (UDP delivers
-    /// whole datagrams, so this happens only by design); every other cut is rejected.
+    /// whole datagrams, so this happens only by design). Every other cut is rejected.
     #[test]
     fn truncation_inside_fields_rejected() {
         let bytes = announce().to_vec(None).unwrap();

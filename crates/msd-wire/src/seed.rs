@@ -193,8 +193,8 @@ fn read_key<'a>(reader: &mut Reader<'a>) -> Result<Option<&'a [u8]>, DecodeError
     }
 }
 
-/// Reads `t`. The outer error is structural (the datagram ends early); the inner one says the
-/// value is not a valid kind, which matters only if no later `t` replaces it.
+/// Reads `t`. The outer error is structural (the datagram ends early); the inner one reports that
+/// the value is not a valid kind, which matters only if no later `t` replaces it.
 fn read_kind(reader: &mut Reader<'_>) -> Result<Result<SeedKind, DecodeError>, DecodeError> {
     let marker = reader.marker()?;
     let value: i64 = match marker {

@@ -6,10 +6,10 @@ use std::time::Duration;
 use msd::{Health, Instance};
 use tracing::{debug, info, warn};
 
-/// What to check.
+/// The target of a health check.
 #[derive(Debug, Clone)]
 pub(crate) enum Probe {
-    /// A GET that must answer 2xx or 3xx within the timeout.
+    /// A GET that must return 2xx or 3xx within the timeout.
     Http(reqwest::Url),
     /// A TCP connection that must open within the timeout.
     Tcp(String),
@@ -31,7 +31,7 @@ pub(crate) struct CheckSettings {
     pub(crate) healthy: Health,
 }
 
-/// Counts consecutive results and says when the announced health must change.
+/// Counts consecutive results and decides when the announced health must change.
 #[derive(Debug)]
 pub(crate) struct Thresholds {
     fall: u32,

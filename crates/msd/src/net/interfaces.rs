@@ -1,4 +1,4 @@
-//! Which network interfaces msd joins and sends on.
+//! The network interfaces msd joins and sends on.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -9,7 +9,7 @@ use nix::net::if_::{if_nametoindex, InterfaceFlags};
 
 use crate::IpVersion;
 
-/// Which interfaces to use.
+/// The interfaces to use.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum InterfaceSelection {
     /// Every interface that is up, multicast-capable and not loopback, followed as interfaces
