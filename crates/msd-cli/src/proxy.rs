@@ -21,10 +21,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::Signal;
 use tracing::{debug, info, warn};
 
 use crate::args::ProxyArgs;
-use crate::commands::shutdown_signal;
+use crate::commands::{hangup_signals, StopSignals};
 use crate::exit::CliError;
 use crate::settings::{parse_duration, parse_metadata, usage, Network};
 
@@ -122,6 +123,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|error| CliError::Failure(format!("failed to listen on {}: {error}", settings.listen)))?;
+    let mut stop = StopSignals::install()?;
+    let hangups = hangup_signals()?;
     let discoverer = network.apply_discoverer(Discoverer::builder(network.group)).start().await?;
     let (initial, events) = discoverer.watch().await?;
     let proxy = Arc::new(Proxy {
@@ -138,7 +141,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
     }
     let follower = tokio::spawn(follow(Arc::clone(&proxy), events));
     let discoverer = Arc::new(discoverer);
-    let reloader = tokio::spawn(reload_on_hangup(Arc::clone(&discoverer), args.network.key_file.clone()));
+    let reloader = tokio::spawn(reload_on_hangup(Arc::clone(&discoverer), hangups, args.network.key_file.clone()));
     let metrics_server = match proxy.settings.metrics_listen {
         Some(address) => Some(serve_metrics(Arc::clone(&proxy), address).await?),
         None => None,
@@ -146,8 +149,6 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
 
     info!(listen = %listener.local_addr().unwrap_or(proxy.settings.listen), group = %network.group, strategy = %args.strategy, "proxying");
     let connections = connection_tracker();
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -164,8 +165,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            signal = &mut stop => {
-                info!(signal = signal.unwrap_or("unknown"), "shutting down; waiting for open connections");
+            signal = stop.wait() => {
+                info!(signal, "shutting down; waiting for open connections");
                 break;
             }
         }
@@ -173,8 +174,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
     drop(listener);
     tokio::select! {
         () = wait_for_connections(connections, proxy.settings.drain_timeout) => {}
-        signal = shutdown_signal() => {
-            warn!(signal = signal.unwrap_or("unknown"), "second signal; closing open connections now");
+        signal = stop.wait() => {
+            warn!(signal, "second signal; closing open connections now");
         }
     }
     follower.abort();
@@ -398,6 +399,18 @@ async fn serve_metrics(proxy: Arc<Proxy>, address: SocketAddr) -> Result<tokio::
     }))
 }
 
+/// Applies the key file again on every SIGHUP, for key rotation without a restart.
+async fn reload_on_hangup(discoverer: Arc<Discoverer>, mut hangups: Signal, key_file: Option<std::path::PathBuf>) {
+    while hangups.recv().await.is_some() {
+        if let Some(keys) = crate::commands::reload_keys(key_file.as_deref()) {
+            match discoverer.set_keys(keys).await {
+                Ok(()) => info!("key ring reloaded"),
+                Err(error) => warn!(%error, "failed to apply the reloaded key ring"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,19 +457,6 @@ mod tests {
     fn unusable_urls_skipped() {
         for url in ["mailto:x@y", "custom://10.0.0.7", "not a url"] {
             assert_eq!(target(&info(url, &[]), None), None, "{url}");
-        }
-    }
-}
-
-/// Applies the key file again on every SIGHUP, for key rotation without a restart.
-async fn reload_on_hangup(discoverer: Arc<Discoverer>, key_file: Option<std::path::PathBuf>) {
-    let Ok(mut hangups) = crate::commands::hangup_signals() else { return };
-    while hangups.recv().await.is_some() {
-        if let Some(keys) = crate::commands::reload_keys(key_file.as_deref()) {
-            match discoverer.set_keys(keys).await {
-                Ok(()) => info!("key ring reloaded"),
-                Err(error) => warn!(%error, "failed to apply the reloaded key ring"),
-            }
         }
     }
 }

@@ -2,7 +2,7 @@ use msd::Instance;
 use tracing::{info, warn};
 
 use crate::args::AnnounceArgs;
-use crate::commands::{hangup_signals, reload_keys, shutdown_signal};
+use crate::commands::{hangup_signals, reload_keys, StopSignals};
 use crate::exit::CliError;
 use crate::commands::check::{CheckSettings, Probe};
 use crate::settings::{check_instance, parse_duration, parse_metadata, usage, Network};
@@ -49,6 +49,8 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
     for (key, value) in metadata {
         builder = builder.metadata(key, value);
     }
+    let mut stop = StopSignals::install()?;
+    let mut hangups = hangup_signals()?;
     let instance = network.apply_instance(builder).start().await?;
     let interfaces = instance.interfaces();
     info!(id = ?args.id, url = ?args.url, group = %network.group, ?interfaces, "announcing");
@@ -62,12 +64,9 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
             None => std::future::pending().await,
         }
     });
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    let mut hangups = hangup_signals()?;
     let signal = loop {
         tokio::select! {
-            signal = &mut stop => break signal?,
+            signal = stop.wait() => break signal,
             _ = hangups.recv() => {
                 if let Some(keys) = reload_keys(args.network.key_file.as_deref()) {
                     match instance.set_keys(keys).await {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use msd::{Discoverer, Event, InstanceInfo};
 
 use crate::args::BrowseArgs;
-use crate::commands::{hangup_signals, reload_keys, shutdown_signal};
+use crate::commands::{hangup_signals, reload_keys, StopSignals};
 use crate::exit::CliError;
 use crate::output::{interface_label, print, printable, table, EventJson, InstanceJson};
 use crate::settings::{parse_duration, Network};
@@ -19,6 +19,8 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     let discover_interval = parse_duration("--discover-interval", &args.discover_interval)?;
     let expire_after = parse_duration("--expire-after", &args.expire_after)?;
 
+    let mut stop = StopSignals::install()?;
+    let hangups = hangup_signals()?;
     let builder = Discoverer::builder(network.group);
     let discoverer = network
         .apply_discoverer(builder)
@@ -28,7 +30,8 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
         .await?;
 
     if args.watch {
-        watch(&discoverer, args.json, timeout, args.network.key_file.as_deref()).await?;
+        let signals = (&mut stop, hangups);
+        watch(&discoverer, args.json, timeout, signals, args.network.key_file.as_deref()).await?;
         discoverer.shutdown().await;
         return Ok(());
     }
@@ -38,8 +41,7 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     let mut listened = timeout;
     tokio::select! {
         () = tokio::time::sleep(timeout) => {}
-        signal = shutdown_signal() => {
-            signal?;
+        _ = stop.wait() => {
             listened = started.elapsed();
         }
     }
@@ -72,27 +74,25 @@ async fn watch(
     discoverer: &Discoverer,
     json: bool,
     timeout: Option<Duration>,
+    (stop, mut hangups): (&mut StopSignals, tokio::signal::unix::Signal),
     key_file: Option<&std::path::Path>,
 ) -> Result<(), CliError> {
     let mut events = discoverer.events();
     let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
-    let stop = async {
+    let timed_out = async {
         match deadline {
             Some(deadline) => tokio::time::sleep_until(deadline).await,
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(stop);
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
+    tokio::pin!(timed_out);
     let mut known = BTreeMap::new();
     let mut missed = 0;
-    let mut hangups = hangup_signals()?;
     loop {
         let event = tokio::select! {
             event = events.next() => event,
-            () = &mut stop => return Ok(()),
-            signal = &mut signal => return signal.map(|_| ()),
+            () = &mut timed_out => return Ok(()),
+            _ = stop.wait() => return Ok(()),
             _ = hangups.recv() => {
                 if let Some(keys) = reload_keys(key_file) {
                     match discoverer.set_keys(keys).await {

@@ -5,6 +5,8 @@ mod demo;
 mod group;
 mod key;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
 use crate::args::{Cli, Command, GroupCommand, KeyCommand};
 use crate::exit::CliError;
 
@@ -20,23 +22,37 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() -> Result<&'static str, CliError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let failed = |error: std::io::Error| CliError::Failure(format!("failed to install a signal handler: {error}"));
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(failed)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(failed)?;
-    let name = tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    };
-    Ok(name)
+/// SIGINT and SIGTERM. Commands install them before they start their work: a signal that
+/// arrives while a command starts is then kept for [`StopSignals::wait`], rather than ending the
+/// process with the default action and no LOGOFF.
+#[derive(Debug)]
+pub(crate) struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
 }
 
-/// Listens for SIGHUP, the signal to reload the key file.
-pub(crate) fn hangup_signals() -> Result<tokio::signal::unix::Signal, CliError> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|error| CliError::Failure(format!("failed to install a signal handler: {error}")))
+impl StopSignals {
+    pub(crate) fn install() -> Result<Self, CliError> {
+        Ok(StopSignals { interrupt: listen(SignalKind::interrupt())?, terminate: listen(SignalKind::terminate())? })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM and returns its name.
+    pub(crate) async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Listens for SIGHUP, the signal to reload the key file. Like [`StopSignals`], install it before
+/// the work starts: SIGHUP's default action ends the process.
+pub(crate) fn hangup_signals() -> Result<Signal, CliError> {
+    listen(SignalKind::hangup())
+}
+
+fn listen(kind: SignalKind) -> Result<Signal, CliError> {
+    signal(kind).map_err(|error| CliError::Failure(format!("failed to install a signal handler: {error}")))
 }
 
 /// Reads the key file again after SIGHUP. Returns `None`, after logging why, when there is no

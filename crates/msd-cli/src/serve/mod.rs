@@ -16,10 +16,11 @@ use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
 use msd::{Discoverer, Event};
+use tokio::signal::unix::Signal;
 use tracing::{info, warn};
 
 use crate::args::ServeArgs;
-use crate::commands::shutdown_signal;
+use crate::commands::{hangup_signals, StopSignals};
 use crate::exit::CliError;
 use crate::settings::{parse_duration, Network};
 use catalog::Catalog;
@@ -50,6 +51,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| CliError::Failure(format!("failed to listen on {listen}: {error}")))?;
+    let mut stop_signals = StopSignals::install()?;
+    let hangups = hangup_signals()?;
     let discoverer = network
         .apply_discoverer(Discoverer::builder(network.group))
         .discover_interval(discover_interval)
@@ -60,17 +63,15 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState { discoverer, catalog: Catalog::new(initial), metrics: Metrics::new(), stopping });
     let pump = tokio::spawn(pump_events(Arc::clone(&state), events));
-    let reloader = tokio::spawn(reload_on_hangup(Arc::clone(&state), args.network.key_file.clone()));
+    let reloader = tokio::spawn(reload_on_hangup(Arc::clone(&state), hangups, args.network.key_file.clone()));
 
     let app = router(Arc::clone(&state));
     let local = listener.local_addr().unwrap_or(listen);
     info!(listen = %local, group = %network.group, "serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            match shutdown_signal().await {
-                Ok(signal) => info!(signal, "shutting down"),
-                Err(error) => warn!(%error, "no signal handler; stopping"),
-            }
+            let signal = stop_signals.wait().await;
+            info!(signal, "shutting down");
             let _ = stop.send(true);
         })
         .await;
@@ -139,8 +140,7 @@ fn observe_latency(metrics: &Metrics, info: &msd::InstanceInfo, server_start: Du
 }
 
 /// Applies the key file again on every SIGHUP, for key rotation without a restart.
-async fn reload_on_hangup(state: Arc<AppState>, key_file: Option<std::path::PathBuf>) {
-    let Ok(mut hangups) = crate::commands::hangup_signals() else { return };
+async fn reload_on_hangup(state: Arc<AppState>, mut hangups: Signal, key_file: Option<std::path::PathBuf>) {
     while hangups.recv().await.is_some() {
         if let Some(keys) = crate::commands::reload_keys(key_file.as_deref()) {
             match state.discoverer.set_keys(keys).await {
