@@ -37,6 +37,8 @@ pub const MAJOR_VERSION: u8 = 1;
 pub const MINOR_VERSION: u8 = 0;
 /// Size of the fixed header before the fields.
 pub const HEADER_LEN: usize = 30;
+/// Offset of the kind byte in every native packet.
+pub const KIND_OFFSET: usize = 6;
 /// Size of the key id and tag after the fields of an authenticated packet.
 pub const TRAILER_LEN: usize = 4 + TAG_LEN;
 /// Size of the truncated HMAC-SHA256 tag.
@@ -93,7 +95,8 @@ impl NativeKind {
         })
     }
 
-    fn to_u8(self) -> u8 {
+    /// The kind's byte on the wire.
+    pub fn to_u8(self) -> u8 {
         match self {
             NativeKind::Discover => 1,
             NativeKind::Announce => 2,

@@ -18,6 +18,9 @@ use tower::discover::Change;
 use crate::discoverer::TableReader;
 use crate::{Discoverer, Error, Events};
 
+/// A read of the current table in progress, after events were lost.
+type TableRead = Pin<Box<dyn Future<Output = Result<Vec<InstanceInfo>, Error>> + Send>>;
+
 /// A stream of `tower::discover::Change` values built from a discoverer's events; it implements
 /// `tower::discover::Discover` through tower's blanket implementation for such streams.
 ///
@@ -30,7 +33,7 @@ pub struct DiscoverStream<S> {
     reader: TableReader,
     /// Events lost so far, as [`Events::missed`] reported them.
     missed: u64,
-    resync: Option<Pin<Box<dyn Future<Output = Result<Vec<InstanceInfo>, Error>> + Send>>>,
+    resync: Option<TableRead>,
     pending: VecDeque<Change<String, S>>,
     /// Inserted ids with the URL and incarnation their service was made for.
     inserted: HashMap<String, (String, Option<u64>)>,

@@ -29,6 +29,10 @@ const SEND_WARNING_GAP: Duration = Duration::from_secs(10);
 
 /// The engine interface the driver needs; implemented for instances and discoverers.
 pub(crate) trait Machine: Send + 'static {
+    /// Whether the machine acts only on DISCOVERs and PROBEs from the group, so the group socket
+    /// can drop everything else in the kernel.
+    const HEARS_ONLY_DISCOVERS: bool = false;
+
     fn add_interface(&mut self, now: Instant, interface: InterfaceIndex);
     fn remove_interface(&mut self, interface: InterfaceIndex);
     fn handle_datagram(&mut self, now: Instant, datagram: Received<'_>);
@@ -96,6 +100,12 @@ pub(crate) struct Driver<M> {
 pub(crate) fn prepare<M: Machine>(machine: M, network: NetworkConfig, role: &'static str) -> Result<Prepared<M>, Error> {
     let selection = network.resolve()?;
     let group_socket = socket::group_socket(network.ip, network.port)?;
+    if M::HEARS_ONLY_DISCOVERS {
+        // Only a saving: without the filter the engine drops the same datagrams itself.
+        if let Err(error) = socket::keep_only_discovers(&group_socket) {
+            debug!(%error, "could not attach the group socket filter; heartbeats of the group are dropped in user space");
+        }
+    }
     let private_socket = socket::private_socket(network.ip)?;
     let (sender, commands) = mpsc::channel(64);
     let shared = Arc::new(Shared::default());

@@ -19,6 +19,8 @@ use crate::{Error, Stats};
 pub const MAX_DATAGRAM: usize = 65_507;
 
 impl Machine for msd_engine::Instance {
+    const HEARS_ONLY_DISCOVERS: bool = true;
+
     fn add_interface(&mut self, now: Instant, interface: InterfaceIndex) {
         msd_engine::Instance::add_interface(self, now, interface);
     }

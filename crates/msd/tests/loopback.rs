@@ -111,6 +111,29 @@ async fn every_discoverer_gets_unicast_answers() {
     second.shutdown().await.unwrap();
 }
 
+/// An instance's group socket keeps only DISCOVERs: the heartbeats of another instance in the
+/// group reach the discoverer but never the instance, which would only drop them.
+#[tokio::test]
+async fn instance_never_reads_heartbeats_of_the_group() {
+    let group = new_group();
+    let discoverer = discoverer(group).start().await.unwrap();
+    let listener = instance(group, "listener").start().await.unwrap();
+    let talker = instance(group, "talker").heartbeat_interval(Duration::from_millis(50)).start().await.unwrap();
+    assert_eq!(wait_for_ids(&discoverer, &["listener", "talker"]).await, ["listener", "talker"]);
+
+    // The talker sends about 20 heartbeats in this time, each one to the group the listener joined.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heard = discoverer.stats().await.unwrap().packets.received_native;
+    assert!(heard.announce >= 10, "the discoverer heard the talker's heartbeats: {heard:?}");
+    let stats = listener.stats().await.unwrap().packets;
+    assert!(stats.received_native.discover >= 1, "native DISCOVERs still reach the instance: {stats:?}");
+    assert!(stats.received_seed.discover >= 1, "seed DISCOVERs still reach the instance: {stats:?}");
+    assert_eq!(stats.received_native.announce, 0, "native ANNOUNCEs were read: {stats:?}");
+    assert_eq!(stats.received_seed.announce, 0, "seed ANNOUNCEs were read: {stats:?}");
+    listener.shutdown().await.unwrap();
+    talker.shutdown().await.unwrap();
+}
+
 /// A peer that announces once and then stays silent, like a crashed instance: the discoverer
 /// probes it directly and then expires it.
 #[tokio::test]

@@ -16,7 +16,8 @@ use std::os::fd::AsRawFd;
 
 use msd_engine::InterfaceIndex;
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
-use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockRef, Socket, Type};
+use msd_wire::native::{self, NativeKind};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockFilter, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::{Error, IpVersion};
@@ -52,6 +53,53 @@ pub(crate) fn group_socket(ip: IpVersion, port: u16) -> Result<UdpSocket, Error>
         }
     })?;
     into_tokio(socket)
+}
+
+/// Attaches a classic BPF program to an instance's group socket that keeps only what an instance
+/// acts on: native DISCOVERs and PROBEs, and seed packets other than the original's ANNOUNCE and
+/// LOGOFF. Without it every instance wakes for every heartbeat of its group only to drop it, which
+/// costs each instance CPU in proportion to the size of the group.
+///
+/// The kernel runs the program on each socket's copy of a datagram before queueing it, so other
+/// sockets on the port (discoverers) still get everything. A load past the end of a datagram drops
+/// it, which happens only to payloads too short to be a valid packet (under 4 bytes, or a native
+/// magic with no kind byte).
+pub(crate) fn keep_only_discovers(socket: &UdpSocket) -> io::Result<()> {
+    SockRef::from(socket).attach_filter(&discover_filter())
+}
+
+/// The program of [`keep_only_discovers`]. For a UDP socket, offset 0 is the start of the UDP
+/// header, so the payload starts at offset 8.
+fn discover_filter() -> [SockFilter; 10] {
+    // Opcodes from linux/filter.h.
+    const LOAD_WORD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const LOAD_HALF: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+    const LOAD_BYTE: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const PAYLOAD: u32 = 8;
+    // The original writes every map with a map16 header: `de 00 02`, then the key `a1 74` ("t")
+    // and the kind as a positive fixint.
+    const SEED_PREFIX: u32 = 0xde00_02a1;
+    const SEED_DISCOVER: u32 = 0x7401;
+
+    let magic = u32::from_be_bytes(native::MAGIC);
+    let kind_offset = PAYLOAD + native::KIND_OFFSET as u32;
+    let discover = u32::from(NativeKind::Discover.to_u8());
+    let probe = u32::from(NativeKind::Probe.to_u8());
+    // Jump offsets count instructions after the jump: `jt`/`jf` of 0 fall through.
+    [
+        /* 0 */ SockFilter::new(LOAD_WORD, 0, 0, PAYLOAD),
+        /* 1 */ SockFilter::new(JUMP_IF_EQUAL, 0, 3, magic), // native: 2, other: 5
+        /* 2 */ SockFilter::new(LOAD_BYTE, 0, 0, kind_offset),
+        /* 3 */ SockFilter::new(JUMP_IF_EQUAL, 4, 0, discover), // keep: 8
+        /* 4 */ SockFilter::new(JUMP_IF_EQUAL, 3, 4, probe), // keep: 8, drop: 9
+        /* 5 */ SockFilter::new(JUMP_IF_EQUAL, 0, 2, SEED_PREFIX), // the original's map: 6, other: 8
+        /* 6 */ SockFilter::new(LOAD_HALF, 0, 0, PAYLOAD + 4),
+        /* 7 */ SockFilter::new(JUMP_IF_EQUAL, 0, 1, SEED_DISCOVER), // keep: 8, drop: 9
+        /* 8 */ SockFilter::new(RETURN, 0, 0, u32::MAX),
+        /* 9 */ SockFilter::new(RETURN, 0, 0, 0),
+    ]
 }
 
 /// Opens the private socket on an ephemeral port.
