@@ -77,6 +77,9 @@ pub(crate) struct ProxyArgs {
     /// On SIGTERM, how long open connections may run before the proxy exits
     #[arg(long, value_name = "DURATION", env = "MSD_PROXY_DRAIN_TIMEOUT", default_value = "30s")]
     pub(crate) drain_timeout: String,
+
+    #[command(flatten)]
+    pub(crate) discovery: DiscoveryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -88,13 +91,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDRESS", env = "MSD_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: String,
 
-    /// Gap between periodic DISCOVER rounds, e.g. 20s
-    #[arg(long, value_name = "DURATION", env = "MSD_DISCOVER_INTERVAL", default_value = "20s")]
-    pub(crate) discover_interval: String,
-
-    /// Silence after which a seed-protocol instance is probed and then removed, e.g. 65s
-    #[arg(long, value_name = "DURATION", env = "MSD_EXPIRE_AFTER", default_value = "65s")]
-    pub(crate) expire_after: String,
+    #[command(flatten)]
+    pub(crate) discovery: DiscoveryArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +148,32 @@ pub(crate) struct NetworkArgs {
     /// Key ring file (`msd key new`): authenticate every packet and reject all others
     #[arg(long, value_name = "PATH", env = "MSD_KEY_FILE")]
     pub(crate) key_file: Option<std::path::PathBuf>,
+}
+
+/// Discoverer settings shared by `browse`, `serve` and `proxy`.
+#[derive(Debug, Args)]
+pub(crate) struct DiscoveryArgs {
+    /// Gap between periodic DISCOVER rounds, e.g. 20s
+    #[arg(long, value_name = "DURATION", env = "MSD_DISCOVER_INTERVAL", default_value = "20s")]
+    pub(crate) discover_interval: String,
+
+    /// Silence after which a seed-protocol instance is probed and then removed, e.g. 65s
+    /// (native instances announce their own TTL)
+    #[arg(long, value_name = "DURATION", env = "MSD_EXPIRE_AFTER", default_value = "65s")]
+    pub(crate) expire_after: String,
+
+    /// Most instances tracked at once; packets of further ids are dropped and counted
+    /// (`instance_limit`) until an entry goes away
+    #[arg(long, value_name = "COUNT", env = "MSD_MAX_INSTANCES", default_value = "10000")]
+    pub(crate) max_instances: std::num::NonZeroUsize,
+
+    /// Packets per second accepted from one source address and port; 0 turns the limit off
+    #[arg(long, value_name = "PACKETS", env = "MSD_RATE_LIMIT", default_value_t = 50)]
+    pub(crate) rate_limit: u32,
+
+    /// Packets one source may send at once above --rate-limit before the limit applies
+    #[arg(long, value_name = "PACKETS", env = "MSD_RATE_BURST", default_value_t = 100)]
+    pub(crate) rate_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -240,13 +264,8 @@ pub(crate) struct BrowseArgs {
     #[arg(long, value_name = "DURATION")]
     pub(crate) timeout: Option<String>,
 
-    /// Gap between periodic DISCOVER rounds, e.g. 20s
-    #[arg(long, value_name = "DURATION", env = "MSD_DISCOVER_INTERVAL", default_value = "20s")]
-    pub(crate) discover_interval: String,
-
-    /// Silence after which an instance is probed and then removed, e.g. 65s
-    #[arg(long, value_name = "DURATION", env = "MSD_EXPIRE_AFTER", default_value = "65s")]
-    pub(crate) expire_after: String,
+    #[command(flatten)]
+    pub(crate) discovery: DiscoveryArgs,
 }
 
 #[derive(Debug, Args)]

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::args::ProxyArgs;
 use crate::commands::{hangup_signals, StopSignals};
 use crate::exit::CliError;
-use crate::settings::{parse_duration, parse_metadata, usage, Network};
+use crate::settings::{apply_discovery, parse_duration, parse_metadata, usage, Network};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -125,7 +125,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
         .map_err(|error| CliError::Failure(format!("failed to listen on {}: {error}", settings.listen)))?;
     let mut stop = StopSignals::install()?;
     let hangups = hangup_signals()?;
-    let discoverer = network.apply_discoverer(Discoverer::builder(network.group)).start().await?;
+    let builder = network.apply_discoverer(Discoverer::builder(network.group));
+    let discoverer = apply_discovery(&args.discovery, builder)?.start().await?;
     let (initial, events) = discoverer.watch().await?;
     let proxy = Arc::new(Proxy {
         settings,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use msd::{GroupId, InterfaceSelection, IpVersion, KeyRing, ProtocolMode};
 
-use crate::args::NetworkArgs;
+use crate::args::{DiscoveryArgs, NetworkArgs};
 use crate::exit::CliError;
 
 /// The validated form of [`NetworkArgs`].
@@ -67,6 +67,15 @@ impl Network {
         }
         builder
     }
+}
+
+/// Applies the discoverer settings of `browse`, `serve` and `proxy` to `builder`.
+pub(crate) fn apply_discovery(args: &DiscoveryArgs, builder: msd::DiscovererBuilder) -> Result<msd::DiscovererBuilder, CliError> {
+    Ok(builder
+        .discover_interval(parse_duration("--discover-interval", &args.discover_interval)?)
+        .expire_after(parse_duration("--expire-after", &args.expire_after)?)
+        .max_instances(args.max_instances)
+        .rate_limit(args.rate_limit, args.rate_burst))
 }
 
 /// Reads a key ring file. Errors name the file and line, never key material.

@@ -7,7 +7,7 @@ use crate::args::BrowseArgs;
 use crate::commands::{hangup_signals, reload_keys, StopSignals};
 use crate::exit::CliError;
 use crate::output::{interface_label, print, printable, table, EventJson, InstanceJson};
-use crate::settings::{parse_duration, Network};
+use crate::settings::{apply_discovery, parse_duration, Network};
 
 /// How long `browse` listens without `--watch` or `--timeout`: long enough for the startup
 /// DISCOVER rounds (0, 250 and 750 ms) and the answers' random delay.
@@ -16,18 +16,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     let network = Network::from_args(&args.network)?;
     let timeout = args.timeout.as_deref().map(|text| parse_duration("--timeout", text)).transpose()?;
-    let discover_interval = parse_duration("--discover-interval", &args.discover_interval)?;
-    let expire_after = parse_duration("--expire-after", &args.expire_after)?;
 
     let mut stop = StopSignals::install()?;
     let hangups = hangup_signals()?;
-    let builder = Discoverer::builder(network.group);
-    let discoverer = network
-        .apply_discoverer(builder)
-        .discover_interval(discover_interval)
-        .expire_after(expire_after)
-        .start()
-        .await?;
+    let builder = network.apply_discoverer(Discoverer::builder(network.group));
+    let discoverer = apply_discovery(&args.discovery, builder)?.start().await?;
 
     if args.watch {
         let signals = (&mut stop, hangups);

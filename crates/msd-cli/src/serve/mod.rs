@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::args::ServeArgs;
 use crate::commands::{hangup_signals, StopSignals};
 use crate::exit::CliError;
-use crate::settings::{parse_duration, Network};
+use crate::settings::{apply_discovery, Network};
 use catalog::Catalog;
 use metrics::Metrics;
 
@@ -45,20 +45,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         .listen
         .parse()
         .map_err(|_| CliError::Usage(format!("invalid --listen {:?}: write an address and port such as 127.0.0.1:8080", args.listen)))?;
-    let discover_interval = parse_duration("--discover-interval", &args.discover_interval)?;
-    let expire_after = parse_duration("--expire-after", &args.expire_after)?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| CliError::Failure(format!("failed to listen on {listen}: {error}")))?;
     let mut stop_signals = StopSignals::install()?;
     let hangups = hangup_signals()?;
-    let discoverer = network
-        .apply_discoverer(Discoverer::builder(network.group))
-        .discover_interval(discover_interval)
-        .expire_after(expire_after)
-        .start()
-        .await?;
+    let builder = network.apply_discoverer(Discoverer::builder(network.group));
+    let discoverer = apply_discovery(&args.discovery, builder)?.start().await?;
     let (initial, events) = discoverer.watch().await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState { discoverer, catalog: Catalog::new(initial), metrics: Metrics::new(), stopping });
