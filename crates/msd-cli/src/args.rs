@@ -18,6 +18,11 @@ pub(crate) struct GlobalArgs {
     /// per-module directives)
     #[arg(long, global = true, value_name = "FILTER", env = "MSD_LOG", default_value = "info")]
     pub(crate) log: String,
+
+    /// Settings file in TOML: keys are long flags without dashes, top level for every command,
+    /// `[announce]`, `[serve]`, ... for one; flags and environment variables take precedence
+    #[arg(long, global = true, value_name = "PATH", env = "MSD_CONFIG")]
+    pub(crate) config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,7 +49,14 @@ impl CliError {
 }
 
 pub(crate) fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv = match crate::config::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(error) => {
+            print_error(&error);
+            return ExitCode::from(error.code());
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(error) => return clap_error(&error),
     };

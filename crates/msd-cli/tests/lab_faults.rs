@@ -158,7 +158,7 @@ fn flood(interface: u32) -> usize {
 /// Pauses briefly every 100 datagrams so the flood takes a few seconds rather than filling the
 /// receive buffers in one burst, which would test the kernel rather than msd.
 fn pace(sent: usize) {
-    if sent % 100 == 0 {
+    if sent.is_multiple_of(100) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }

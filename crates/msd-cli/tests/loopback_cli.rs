@@ -241,3 +241,35 @@ fn key_rotation_by_sighup_loses_nothing() {
     assert_eq!(watcher.count_events("up"), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A settings file gives `announce` and `browse` their flags, and an unknown key is a usage
+/// error.
+#[test]
+fn config_file_sets_flags() {
+    let group = new_group();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("msd.toml");
+    let settings = format!(
+        "group = \"{group}\"\ninterface = \"lo\"\nipv4 = true\n\n[announce]\nid = \"from-file\"\nurl = \"http://127.0.0.1:1/\"\nmetadata = {{ zone = \"eu-1\" }}\n\n[browse]\ntimeout = \"30s\"\n"
+    );
+    std::fs::write(&config, settings).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let _instance = Msd::start(&["--config", config_arg, "announce"]);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_msd"))
+        .args(["browse", "--json", "--timeout", "2s"])
+        .env("MSD_CONFIG", config_arg)
+        .env_remove("MSD_MULTICAST_INTERFACE")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed[0]["id"], "from-file", "{listed}");
+    assert_eq!(listed[0]["metadata"]["zone"], "eu-1", "{listed}");
+
+    std::fs::write(&config, "heartbeat = \"1s\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_msd")).args(["--config", config_arg, "browse"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("unknown setting `heartbeat`"), "{message}");
+}
