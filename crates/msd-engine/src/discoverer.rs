@@ -125,7 +125,15 @@ struct Entry {
     deadline: Instant,
     /// Probes sent since the instance was last heard.
     probes_sent: u32,
+    /// When the entry last took a new incarnation or source address.
+    settled_at: Instant,
 }
+
+/// How long after an entry took a new incarnation or address packets of the old one may still
+/// arrive, from queues and retransmissions, before they suggest a second live instance.
+const LATE_PACKET_GRACE: Duration = Duration::from_secs(5);
+/// Shortest gap between two warnings about one id used by two instances.
+const CONFLICT_WARNING_GAP: Duration = Duration::from_secs(60);
 
 /// The last incarnation and sequence number of a removed instance.
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +165,7 @@ pub struct Discoverer {
     rate_limiter: RateLimiter,
     /// When the last warning about a full table was logged.
     limit_warned: Option<Instant>,
+    conflict_warned: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -185,6 +194,7 @@ impl Discoverer {
             next_serial: 0,
             discover_schedule,
             limit_warned: None,
+            conflict_warned: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -246,6 +256,28 @@ impl Discoverer {
             Ok(Packet::Native(packet)) if self.protocols.native() => self.handle_native(now, &packet, &datagram),
             Ok(_) => self.reject("protocol_disabled", &datagram),
         }
+    }
+
+    /// Rejects a packet for a listed id that comes from an older incarnation or another address.
+    /// Long after the entry settled, that means a second live instance uses the id, which an
+    /// operator must hear about.
+    fn reject_conflict(&mut self, now: Instant, id: &str, reason: &'static str, datagram: &Received<'_>) {
+        self.reject(reason, datagram);
+        let Some(entry) = self.entries.get(id) else { return };
+        if now.saturating_duration_since(entry.settled_at) < LATE_PACKET_GRACE {
+            return;
+        }
+        if self.conflict_warned.is_some_and(|last| now.saturating_duration_since(last) < CONFLICT_WARNING_GAP) {
+            return;
+        }
+        self.conflict_warned = Some(now);
+        tracing::warn!(
+            id,
+            listed = %entry.info.source,
+            other = %datagram.source,
+            reason,
+            "packets for a listed id keep arriving from another instance; two live instances may share this id"
+        );
     }
 
     fn reject(&mut self, reason: &'static str, datagram: &Received<'_>) {
@@ -359,6 +391,9 @@ impl Discoverer {
         if !self.entries.contains_key(host.id) && self.tombstones.get(host.id).is_some_and(|tombstone| tombstone.until > now) {
             return self.reject("logged_off", datagram);
         }
+        if self.held_at_other_address(host.id, datagram) {
+            return self.reject_conflict(now, host.id, "other_address", datagram);
+        }
         let deadline = now + self.config.expire_after;
         if let Some(entry) = self.entries.get_mut(host.id) {
             let previous = (entry.info.url != host.url).then(|| entry.info.clone());
@@ -385,12 +420,15 @@ impl Discoverer {
         if url.len() > self.config.max_url_len {
             return self.reject("url_too_long", datagram);
         }
+        if self.held_at_other_address(id, datagram) {
+            return self.reject_conflict(now, id, "other_address", datagram);
+        }
         let ttl = Duration::from_millis(u64::from(ttl_ms)).clamp(self.config.min_ttl, self.config.max_ttl);
         let deadline = now + ttl;
 
         if let Some(entry) = self.entries.get_mut(id) {
             if let Some(reason) = order_violation(&entry.info, incarnation, sequence) {
-                return self.reject(reason, datagram);
+                return self.reject_conflict(now, id, reason, datagram);
             }
             // A seed entry has no order of its own, but the tombstone of an earlier native LOGOFF
             // does.
@@ -404,6 +442,9 @@ impl Discoverer {
             let previous = entry.info.clone();
             apply_native(&mut entry.info, packet, url, incarnation, sequence, ttl);
             refresh(entry, now, datagram);
+            if previous.incarnation != entry.info.incarnation || previous.source.ip() != entry.info.source.ip() {
+                entry.settled_at = now;
+            }
             if content_differs(&previous, &entry.info) {
                 debug!(id, url, incarnation, health = %entry.info.health, "instance changed");
                 self.events.push_back(Event::Changed { previous, current: entry.info.clone() });
@@ -436,6 +477,10 @@ impl Discoverer {
             if let Some(reason) = order_violation(&entry.info, incarnation, sequence) {
                 return self.reject(reason, datagram);
             }
+        } else if self.config.keys.is_none() {
+            // Nothing to remove. A tombstone planted by one unauthenticated packet would keep an
+            // instance that starts later with this id out of the table until it expired.
+            return self.reject("unknown_id", datagram);
         } else if let Some(tombstone) = self.tombstones.get(id) {
             if (incarnation, sequence) <= (tombstone.incarnation, tombstone.sequence) {
                 return self.reject("old_sequence", datagram);
@@ -456,10 +501,23 @@ impl Discoverer {
         self.entries.get(id).is_none_or(|entry| entry.info.source.ip() == datagram.source.ip())
     }
 
+    /// Returns whether `id` is listed with another IP address than the datagram's and is not
+    /// overdue. Without a key, a packet from a second address could otherwise take a live entry
+    /// over: change its URL, move the address its LOGOFF must come from, or, with a larger
+    /// incarnation, shut its real instance out. Once the entry is overdue and being probed, a
+    /// packet from a new address moves it, so an instance restarted on another host with the same
+    /// id is listed again within one TTL (one `expire_after` for seed entries).
+    fn held_at_other_address(&self, id: &str, datagram: &Received<'_>) -> bool {
+        if self.config.keys.is_some() {
+            return false;
+        }
+        self.entries.get(id).is_some_and(|entry| entry.probes_sent == 0 && entry.info.source.ip() != datagram.source.ip())
+    }
+
     fn insert(&mut self, info: InstanceInfo, deadline: Instant, datagram: &Received<'_>) {
         if self.entries.len() >= self.config.max_instances.get() {
             self.stats.reject("instance_limit");
-            debug!(id = %info.id, source = %datagram.source, "dropped announce: instance limit reached");
+            debug!(id = info.id.as_str(), source = %datagram.source, "dropped announce: instance limit reached");
             // New instances are invisible while the table is full, which an operator must hear
             // about, but at most once a minute.
             let now = info.first_seen;
@@ -475,10 +533,11 @@ impl Discoverer {
         }
         let serial = self.next_serial;
         self.next_serial += 1;
-        debug!(id = %info.id, url = %info.url, protocol = info.protocol.as_str(), source = %datagram.source, "instance up");
+        debug!(id = info.id.as_str(), url = info.url.as_str(), protocol = info.protocol.as_str(), source = %datagram.source, "instance up");
         self.deadlines.insert((deadline, serial), info.id.clone());
         self.events.push_back(Event::Up(info.clone()));
-        self.entries.insert(info.id.clone(), Entry { info, serial, deadline, probes_sent: 0 });
+        let settled_at = info.first_seen;
+        self.entries.insert(info.id.clone(), Entry { info, serial, deadline, probes_sent: 0, settled_at });
     }
 
     fn reschedule(&mut self, id: &str, serial: u64, deadline: Instant) {
@@ -527,7 +586,7 @@ impl Discoverer {
         entry.deadline = now + self.config.probe_interval;
         let source = entry.info.source;
         let protocol = entry.info.protocol;
-        trace!(id = %id, %source, probe = entry.probes_sent, "probing overdue instance");
+        trace!(id = id.as_str(), %source, probe = entry.probes_sent, "probing overdue instance");
         self.deadlines.insert((entry.deadline, serial), id.clone());
         match protocol {
             Protocol::Native => self.queue_native(now, Destination::Unicast(source), NativeKind::Probe, Some(&id)),

@@ -270,3 +270,20 @@ fn oversized_id_and_url_rejected() {
     assert_eq!(discoverer.stats().rejected.get("id_too_long"), Some(&1));
     assert_eq!(discoverer.stats().rejected.get("url_too_long"), Some(&1));
 }
+
+/// An ANNOUNCE with the entry's own URL from another address must not move the address that the
+/// entry's LOGOFF has to come from.
+#[test]
+fn announce_from_other_address_keeps_entry() {
+    let (mut discoverer, now) = started();
+    deliver(&mut discoverer, now, &announce("web-1", "http://a:1"));
+    events(&mut discoverer);
+    let other: SocketAddr = SocketAddr::V6(SocketAddrV6::new("fe80::66".parse().unwrap(), 53566, 0, LAN.0));
+    for payload in [announce("web-1", "http://a:1"), logoff("web-1", "http://a:1")] {
+        discoverer.handle_datagram(now, Received { source: other, interface: LAN, payload: &payload });
+    }
+    assert!(events(&mut discoverer).is_empty());
+    assert_eq!(discoverer.instance("web-1").unwrap().source, source(41000));
+    assert_eq!(discoverer.stats().rejected.get("other_address"), Some(&1));
+    assert_eq!(discoverer.stats().rejected.get("logoff_from_other_address"), Some(&1));
+}

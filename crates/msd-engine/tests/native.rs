@@ -424,3 +424,149 @@ fn discover_in_both_protocols_answered_native_first() {
     assert!(msd_wire::native::is_native(&answers[0].payload), "native answer first");
     assert!(!msd_wire::native::is_native(&answers[1].payload), "then the seed answer");
 }
+
+/// Returns an instance of incarnation `incarnation` and a discoverer that lists it, with the
+/// discoverer's events drained.
+fn listed(incarnation: u64, now: Instant) -> (Instance, Discoverer) {
+    let mut instance = native_instance(incarnation, now);
+    let mut discoverer = discoverer(now);
+    deliver_all(&mut discoverer, now, &drain(&mut instance));
+    events(&mut discoverer);
+    (instance, discoverer)
+}
+
+fn attacker_address() -> SocketAddr {
+    SocketAddr::V6(SocketAddrV6::new("fe80::66".parse().unwrap(), 53566, 0, LAN.0))
+}
+
+fn forged(kind: NativeKind, url: Option<&str>) -> Vec<u8> {
+    NativePacket {
+        kind: Some(kind),
+        group: Some(GROUP),
+        timestamp_ms: UNIX_MS,
+        id: Some("web-1"),
+        incarnation: Some(u64::MAX),
+        sequence: Some(u64::MAX - 1),
+        ttl_ms: url.map(|_| 3_600_000),
+        url,
+        ..NativePacket::default()
+    }
+    .to_vec(None)
+    .unwrap()
+}
+
+/// Without a key, a packet from another address with the largest incarnation neither takes over a
+/// live entry nor shuts its real instance out.
+#[test]
+fn forged_takeover_from_other_address_rejected() {
+    let now = Instant::now();
+    let (mut instance, mut discoverer) = listed(1, now);
+
+    let takeover = forged(NativeKind::Announce, Some("http://10.9.9.9:6666"));
+    discoverer.handle_datagram(now, Received { source: attacker_address(), interface: LAN, payload: &takeover });
+    assert!(events(&mut discoverer).is_empty());
+    let listed = discoverer.instance("web-1").unwrap();
+    assert_eq!(listed.url, "http://10.0.0.7:8080");
+    assert_eq!(listed.incarnation, Some(1));
+    assert_eq!(discoverer.stats().rejected.get("other_address"), Some(&1));
+
+    let later = now + Duration::from_millis(700);
+    instance.handle_timeout(later);
+    deliver_all(&mut discoverer, later, &drain(&mut instance));
+    assert_eq!(discoverer.stats().rejected.get("old_incarnation"), None, "real heartbeats still count");
+    assert_eq!(discoverer.instance("web-1").unwrap().last_seen, later);
+}
+
+/// Without a key, a LOGOFF for an id not listed plants nothing that would hide the instance
+/// when it starts.
+#[test]
+fn logoff_of_unknown_id_leaves_no_tombstone() {
+    let now = Instant::now();
+    let mut discoverer = discoverer(now);
+    let logoff = forged(NativeKind::Logoff, None);
+    discoverer.handle_datagram(now, Received { source: attacker_address(), interface: LAN, payload: &logoff });
+    assert_eq!(discoverer.stats().rejected.get("unknown_id"), Some(&1));
+
+    let mut instance = native_instance(1, now);
+    deliver_all(&mut discoverer, now, &drain(&mut instance));
+    assert!(matches!(events(&mut discoverer).as_slice(), [Event::Up(info)] if info.id == "web-1"));
+}
+
+/// An instance restarted on another host with the same id takes its entry over once the old
+/// entry is overdue, without a Down in between.
+#[test]
+fn overdue_entry_moves_to_new_address() {
+    let now = Instant::now();
+    let (old, mut discoverer) = listed(1, now);
+    drop(old);
+
+    let mut moved = native_instance(2, now);
+    let startup = drain(&mut moved);
+    let early = now + Duration::from_secs(1);
+    discoverer.handle_datagram(early, Received { source: attacker_address(), interface: LAN, payload: &startup[0].payload });
+    assert_eq!(discoverer.stats().rejected.get("other_address"), Some(&1), "not while the old entry is live");
+
+    let overdue = now + Duration::from_secs(2);
+    discoverer.handle_timeout(overdue);
+    moved.handle_timeout(overdue);
+    let heartbeat = drain(&mut moved);
+    discoverer.handle_datagram(overdue, Received { source: attacker_address(), interface: LAN, payload: &heartbeat[0].payload });
+    let changes = events(&mut discoverer);
+    assert!(
+        matches!(changes.as_slice(), [Event::Changed { current, .. }] if current.incarnation == Some(2)),
+        "{changes:?}"
+    );
+    assert_eq!(discoverer.instance("web-1").unwrap().source, attacker_address());
+}
+
+/// Log lines written while a closure runs, for checking warnings.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn run(&self, f: impl FnOnce()) -> String {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A second live instance with a listed id is dropped, and after the grace for late packets the
+/// discoverer warns once, not once per packet.
+#[test]
+fn second_live_instance_with_same_id_warns_once() {
+    let now = Instant::now();
+    let (mut first, mut discoverer) = listed(1, now);
+    let mut second = native_instance(2, now);
+
+    let log = CapturedLog::default().run(|| {
+        for step in 0..40u64 {
+            let at = now + Duration::from_millis(250 * step);
+            first.handle_timeout(at);
+            second.handle_timeout(at);
+            deliver_all(&mut discoverer, at, &drain(&mut first));
+            for transmit in drain(&mut second) {
+                discoverer.handle_datagram(at, Received { source: attacker_address(), interface: LAN, payload: &transmit.payload });
+            }
+        }
+    });
+    assert_eq!(discoverer.instance("web-1").unwrap().incarnation, Some(1), "the first one stays listed");
+    assert!(discoverer.stats().rejected.get("other_address").copied().unwrap_or(0) >= 10);
+    assert_eq!(log.matches("two live instances may share this id").count(), 1, "{log}");
+    assert!(log.contains("web-1"), "{log}");
+}

@@ -52,6 +52,10 @@ pub enum DecodeError {
     UnknownKey,
     #[error("packet's authentication tag does not match its content")]
     BadTag,
+    #[error("native packet of {len} bytes, more than the maximum of {max}")]
+    PacketTooLarge { len: usize, max: usize },
+    #[error("native packet with more than {max} metadata entries")]
+    TooManyMetadata { max: usize },
 }
 
 impl DecodeError {
@@ -80,6 +84,8 @@ impl DecodeError {
         "unauthenticated",
         "unknown_key",
         "bad_tag",
+        "packet_too_large",
+        "too_many_metadata",
     ];
 
     /// Returns a short, stable label for this reason, suitable as a metric label.
@@ -107,6 +113,8 @@ impl DecodeError {
             DecodeError::Unauthenticated => "unauthenticated",
             DecodeError::UnknownKey => "unknown_key",
             DecodeError::BadTag => "bad_tag",
+            DecodeError::PacketTooLarge { .. } => "packet_too_large",
+            DecodeError::TooManyMetadata { .. } => "too_many_metadata",
         }
     }
 }
@@ -123,6 +131,8 @@ pub enum EncodeError {
     EmptyField { field: &'static str },
     #[error("the packet would be {size} bytes, more than the maximum of {max}; shorten field `{field}`")]
     TooLarge { field: &'static str, size: usize, max: usize },
+    #[error("field `{field}` has {count} entries, more than the maximum of {max}")]
+    TooManyEntries { field: &'static str, count: usize, max: usize },
 }
 
 #[cfg(test)]
@@ -154,6 +164,8 @@ mod tests {
             DecodeError::Unauthenticated,
             DecodeError::UnknownKey,
             DecodeError::BadTag,
+            DecodeError::PacketTooLarge { len: 2000, max: 1232 },
+            DecodeError::TooManyMetadata { max: 32 },
         ];
         assert_eq!(samples.len(), DecodeError::KINDS.len());
         for error in samples {

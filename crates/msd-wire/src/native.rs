@@ -48,6 +48,9 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_PACKET: usize = 1232;
 /// Maximum length of an instance id, in bytes.
 pub const MAX_ID_LEN: usize = 255;
+/// Maximum number of metadata entries in one packet. With [`MAX_PACKET`] it bounds what one
+/// instance costs a discoverer: at most 32 map entries and 1232 bytes of text.
+pub const MAX_METADATA_ENTRIES: usize = 32;
 /// Maximum length of a metadata key, in bytes.
 pub const MAX_METADATA_KEY_LEN: usize = 255;
 
@@ -207,6 +210,11 @@ impl<'a> NativePacket<'a> {
         if reader.take(MAGIC.len())? != MAGIC {
             return Err(DecodeError::NotNative);
         }
+        // No sender builds a larger one, and the bound keeps what one packet can make a receiver
+        // store small.
+        if datagram.len() > MAX_PACKET {
+            return Err(DecodeError::PacketTooLarge { len: datagram.len(), max: MAX_PACKET });
+        }
         let major = reader.u8()?;
         if major != MAJOR_VERSION {
             return Err(DecodeError::UnsupportedVersion { major });
@@ -265,6 +273,9 @@ impl<'a> NativePacket<'a> {
                 field::METADATA => {
                     let (key, value) = metadata_entry(value)?;
                     self.metadata.insert(key, value);
+                    if self.metadata.len() > MAX_METADATA_ENTRIES {
+                        return Err(DecodeError::TooManyMetadata { max: MAX_METADATA_ENTRIES });
+                    }
                 }
                 // Fields of later minor versions.
                 _ => {}
@@ -410,6 +421,13 @@ impl<'a> NativePacket<'a> {
             }
         }
         check("url", self.url.map_or(0, str::len), usize::from(u16::MAX))?;
+        if self.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(EncodeError::TooManyEntries {
+                field: "metadata",
+                count: self.metadata.len(),
+                max: MAX_METADATA_ENTRIES,
+            });
+        }
         for (key, value) in &self.metadata {
             if key.is_empty() {
                 return Err(EncodeError::EmptyField { field: "metadata key" });
@@ -511,6 +529,45 @@ mod tests {
             metadata,
             key_id: None,
         }
+    }
+
+    /// Appends one raw field, as a sender that ignores the limits would.
+    fn push_field(bytes: &mut Vec<u8>, kind: u8, value: &[u8]) {
+        bytes.push(kind);
+        bytes.extend_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(value);
+    }
+
+    #[test]
+    fn metadata_entry_limit() {
+        let keys: Vec<String> = (0..=MAX_METADATA_ENTRIES).map(|number| format!("k{number}")).collect();
+        let mut packet = announce();
+        packet.metadata = keys.iter().take(MAX_METADATA_ENTRIES).map(|key| (key.as_str(), "v")).collect();
+        let mut bytes = packet.to_vec(None).unwrap();
+        assert_eq!(NativePacket::decode(&bytes, Verify::No).unwrap().metadata.len(), MAX_METADATA_ENTRIES);
+
+        push_field(&mut bytes, field::METADATA, b"\x03k99v");
+        let error = NativePacket::decode(&bytes, Verify::No).unwrap_err();
+        assert_eq!(error, DecodeError::TooManyMetadata { max: MAX_METADATA_ENTRIES });
+
+        packet.metadata = keys.iter().map(|key| (key.as_str(), "v")).collect();
+        let error = packet.to_vec(None).unwrap_err();
+        assert_eq!(error, EncodeError::TooManyEntries { field: "metadata", count: MAX_METADATA_ENTRIES + 1, max: MAX_METADATA_ENTRIES });
+    }
+
+    #[test]
+    fn packet_over_maximum_rejected() {
+        let plain = announce().to_vec(None).unwrap();
+        // An unknown field type pads the packet, so nothing but its size is wrong.
+        let padded = |len: usize| {
+            let mut bytes = plain.clone();
+            push_field(&mut bytes, 200, &vec![0u8; len - plain.len() - 3]);
+            bytes
+        };
+        assert!(NativePacket::decode(&padded(MAX_PACKET), Verify::No).is_ok());
+
+        let error = NativePacket::decode(&padded(MAX_PACKET + 1), Verify::No).unwrap_err();
+        assert_eq!(error, DecodeError::PacketTooLarge { len: MAX_PACKET + 1, max: MAX_PACKET });
     }
 
     #[test]

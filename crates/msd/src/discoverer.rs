@@ -146,9 +146,10 @@ impl DiscovererBuilder {
     /// Fails on invalid intervals, an interface that does not exist, or a port held by a program
     /// that does not share it.
     pub async fn start(mut self) -> Result<Discoverer, Error> {
-        if self.engine.discover_interval.is_zero() || self.engine.expire_after.is_zero() {
-            return Err(Error::invalid("discoverer intervals", "discover interval and expiry must be greater than zero"));
-        }
+        // Every instance answers every DISCOVER, so a short interval multiplies into a flood.
+        crate::instance::at_least("discover interval", self.engine.discover_interval, MIN_DISCOVER_INTERVAL)?;
+        crate::instance::at_least("expiry", self.engine.expire_after, MIN_EXPIRE_AFTER)?;
+        crate::instance::at_least("probe interval", self.engine.probe_interval, MIN_PROBE_INTERVAL)?;
         self.engine.rng_seed = rand::random();
         let engine = msd_engine::Discoverer::new(self.engine, driver::now(), driver::unix_millis());
         // Subscribed before the task starts, so the first `events()` call misses nothing.
@@ -167,6 +168,13 @@ impl DiscovererBuilder {
         })
     }
 }
+
+/// Shortest interval between DISCOVER rounds accepted.
+pub const MIN_DISCOVER_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest silence before a seed entry is probed that is accepted.
+pub const MIN_EXPIRE_AFTER: Duration = Duration::from_millis(100);
+/// Shortest gap between probes accepted.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A running discoverer: keeps the table of live instances of one group and publishes changes.
 #[derive(Debug)]

@@ -164,6 +164,19 @@ impl InstanceBuilder {
     }
 }
 
+/// Shortest heartbeat interval accepted.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+/// Shortest interval between unsolicited seed announcements accepted.
+pub const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Fails when `value` of `setting` is below `min`.
+pub(crate) fn at_least(setting: &'static str, value: Duration, min: Duration) -> Result<(), Error> {
+    if value < min {
+        return Err(Error::invalid(setting, format!("{value:?} is below the minimum of {min:?}")));
+    }
+    Ok(())
+}
+
 fn validate(config: &InstanceConfig) -> Result<(), Error> {
     if config.id.is_empty() {
         return Err(Error::invalid("instance id", "it is empty; give each instance a unique id"));
@@ -174,9 +187,17 @@ fn validate(config: &InstanceConfig) -> Result<(), Error> {
             format!("it is {} bytes long, more than the maximum of {}", config.id.len(), msd_wire::native::MAX_ID_LEN),
         ));
     }
-    let zero = |duration: Duration| duration.is_zero();
-    if zero(config.heartbeat_interval) || zero(config.ttl) || zero(config.announce_interval) {
-        return Err(Error::invalid("instance intervals", "heartbeat interval, TTL and announce interval must be greater than zero"));
+    // Lower bounds that keep one misconfigured instance from flooding its link.
+    at_least("heartbeat interval", config.heartbeat_interval, MIN_HEARTBEAT_INTERVAL)?;
+    at_least("announce interval", config.announce_interval, MIN_ANNOUNCE_INTERVAL)?;
+    if config.ttl < 2 * config.heartbeat_interval {
+        return Err(Error::invalid(
+            "TTL",
+            format!(
+                "{:?} is less than twice the heartbeat interval of {:?}, so one late heartbeat would expire the instance; raise the TTL or shorten the heartbeat interval",
+                config.ttl, config.heartbeat_interval
+            ),
+        ));
     }
     if let Err(error) = url::Url::parse(&config.url) {
         return Err(Error::invalid(

@@ -68,9 +68,9 @@ use std::sync::atomic::Ordering;
 
 #[cfg(feature = "tower")]
 pub use discover::DiscoverStream;
-pub use discoverer::{Discoverer, DiscovererBuilder, Events, EVENT_BUFFER};
+pub use discoverer::{Discoverer, DiscovererBuilder, Events, EVENT_BUFFER, MIN_DISCOVER_INTERVAL, MIN_EXPIRE_AFTER, MIN_PROBE_INTERVAL};
 pub use error::Error;
-pub use instance::{Instance, InstanceBuilder, MAX_DATAGRAM};
+pub use instance::{Instance, InstanceBuilder, MAX_DATAGRAM, MIN_ANNOUNCE_INTERVAL, MIN_HEARTBEAT_INTERVAL};
 pub use msd_engine::{DownReason, Event, Health, InstanceInfo, InterfaceIndex, KindCounts, Protocol, ProtocolMode};
 pub use msd_wire::keys::{Key, KeyId, KeyRing, KeyRingError};
 pub use msd_wire::seed::SEED_PORT;

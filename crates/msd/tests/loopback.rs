@@ -193,6 +193,24 @@ async fn foreign_port_holder_is_clear_error() {
     assert!(error.to_string().contains(&port.to_string()));
 }
 
+/// Intervals short enough to flood the link are refused before anything is sent.
+#[tokio::test]
+async fn flooding_intervals_are_invalid_settings() {
+    let group = new_group();
+    let setting = |error: Error| match error {
+        Error::InvalidSetting { setting, .. } => setting,
+        other => panic!("expected an invalid setting, got {other}"),
+    };
+    let heartbeat = instance(group, "fast").heartbeat_interval(Duration::from_nanos(1)).start().await.unwrap_err();
+    assert_eq!(setting(heartbeat), "heartbeat interval");
+    let ttl = instance(group, "short").heartbeat_interval(Duration::from_secs(5)).ttl(Duration::from_millis(100));
+    assert_eq!(setting(ttl.start().await.unwrap_err()), "TTL");
+    let discover = discoverer(group).discover_interval(Duration::from_millis(1)).start().await.unwrap_err();
+    assert_eq!(setting(discover), "discover interval");
+    let probes = discoverer(group).probes(3, Duration::from_nanos(1)).start().await.unwrap_err();
+    assert_eq!(setting(probes), "probe interval");
+}
+
 #[tokio::test]
 async fn unknown_interface_is_clear_error() {
     let error = Discoverer::builder(new_group()).interface("msd-no-such0").start().await.unwrap_err();

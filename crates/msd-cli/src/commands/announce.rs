@@ -86,6 +86,9 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Shortest gap between health checks accepted, so a check cannot load the service it watches.
+const MIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn check_settings(args: &AnnounceArgs, healthy: msd::Health) -> Result<Option<CheckSettings>, CliError> {
     let probe = match (&args.check_http, &args.check_tcp) {
         (Some(url), _) => {
@@ -114,10 +117,20 @@ fn check_settings(args: &AnnounceArgs, healthy: msd::Health) -> Result<Option<Ch
     if args.check_fall == 0 || args.check_rise == 0 {
         return Err(usage("invalid --check-fall or --check-rise 0: both must be at least 1".into()));
     }
+    let interval = parse_duration("--check-interval", &args.check_interval)?;
+    let timeout = parse_duration("--check-timeout", &args.check_timeout)?;
+    if interval < MIN_CHECK_INTERVAL {
+        return Err(usage(format!("invalid --check-interval {interval:?}: the minimum is {MIN_CHECK_INTERVAL:?}")));
+    }
+    if timeout.is_zero() || timeout > interval {
+        return Err(usage(format!(
+            "invalid --check-timeout {timeout:?}: it must be greater than zero and at most --check-interval ({interval:?})"
+        )));
+    }
     Ok(Some(CheckSettings {
         probe,
-        interval: parse_duration("--check-interval", &args.check_interval)?,
-        timeout: parse_duration("--check-timeout", &args.check_timeout)?,
+        interval,
+        timeout,
         fall: args.check_fall,
         rise: args.check_rise,
         unhealthy,
