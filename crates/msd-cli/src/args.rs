@@ -72,15 +72,15 @@ pub(crate) struct ProxyArgs {
     pub(crate) port_metadata: Option<String>,
 
     /// Time one connect to an instance may take
-    #[arg(long, value_name = "DURATION", env = "MSD_PROXY_CONNECT_TIMEOUT", default_value = "1s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_PROXY_CONNECT_TIMEOUT", default_value = "1s")]
     pub(crate) connect_timeout: String,
 
     /// Instances tried for one client connection before it is closed
-    #[arg(long, value_name = "COUNT", env = "MSD_PROXY_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_PROXY_ATTEMPTS", default_value_t = 3)]
     pub(crate) attempts: usize,
 
     /// On SIGTERM, how long open connections may run before the proxy exits
-    #[arg(long, value_name = "DURATION", env = "MSD_PROXY_DRAIN_TIMEOUT", default_value = "30s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_PROXY_DRAIN_TIMEOUT", default_value = "30s")]
     pub(crate) drain_timeout: String,
 
     #[command(flatten)]
@@ -134,7 +134,7 @@ pub(crate) struct NetworkArgs {
 
     /// Use IPv4 multicast (239.0.0.0/8) instead of IPv6 link-local; required on loopback.
     /// MSD_IPV4 accepts 1/0, true/false, yes/no, on/off
-    #[arg(long, env = "MSD_IPV4", value_parser = clap::builder::FalseyValueParser::new(), num_args = 0, default_missing_value = "true")]
+    #[arg(long, env = "MSD_IPV4", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true")]
     pub(crate) ipv4: bool,
 
     /// IPv4 group address, overriding the one derived from the group id (implies --ipv4)
@@ -142,7 +142,7 @@ pub(crate) struct NetworkArgs {
     pub(crate) ipv4_group: Option<String>,
 
     /// UDP port of the group
-    #[arg(long, value_name = "PORT", env = "MSD_PORT", default_value_t = msd::SEED_PORT)]
+    #[arg(long, value_name = "PORT", allow_hyphen_values = true, env = "MSD_PORT", default_value_t = msd::SEED_PORT)]
     pub(crate) port: u16,
 
     /// Protocols to speak: seed (the original's), native (msd's own) or both; a key file implies
@@ -159,25 +159,25 @@ pub(crate) struct NetworkArgs {
 #[derive(Debug, Args)]
 pub(crate) struct DiscoveryArgs {
     /// Gap between periodic DISCOVER rounds, e.g. 20s
-    #[arg(long, value_name = "DURATION", env = "MSD_DISCOVER_INTERVAL", default_value = "20s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_DISCOVER_INTERVAL", default_value = "20s")]
     pub(crate) discover_interval: String,
 
     /// Silence after which a seed-protocol instance is probed and then removed, e.g. 65s
     /// (native instances announce their own TTL)
-    #[arg(long, value_name = "DURATION", env = "MSD_EXPIRE_AFTER", default_value = "65s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_EXPIRE_AFTER", default_value = "65s")]
     pub(crate) expire_after: String,
 
     /// Most instances tracked at once; packets of further ids are dropped and counted
     /// (`instance_limit`) until an entry goes away
-    #[arg(long, value_name = "COUNT", env = "MSD_MAX_INSTANCES", default_value = "10000")]
+    #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_MAX_INSTANCES", default_value = "10000")]
     pub(crate) max_instances: std::num::NonZeroUsize,
 
     /// Packets per second accepted from one source address and port; 0 turns the limit off
-    #[arg(long, value_name = "PACKETS", env = "MSD_RATE_LIMIT", default_value_t = 50)]
+    #[arg(long, value_name = "PACKETS", allow_hyphen_values = true, env = "MSD_RATE_LIMIT", default_value_t = 50)]
     pub(crate) rate_limit: u32,
 
     /// Packets one source may send at once above --rate-limit before the limit applies
-    #[arg(long, value_name = "PACKETS", env = "MSD_RATE_BURST", default_value_t = 100)]
+    #[arg(long, value_name = "PACKETS", allow_hyphen_values = true, env = "MSD_RATE_BURST", default_value_t = 100)]
     pub(crate) rate_burst: u32,
 }
 
@@ -195,15 +195,15 @@ pub(crate) struct AnnounceArgs {
     pub(crate) id: String,
 
     /// Gap between unsolicited seed-protocol announcements, e.g. 20s
-    #[arg(long, value_name = "DURATION", env = "MSD_ANNOUNCE_INTERVAL", default_value = "20s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_ANNOUNCE_INTERVAL", default_value = "20s")]
     pub(crate) announce_interval: String,
 
     /// Gap between native heartbeats (varied by ±20 %), e.g. 500ms
-    #[arg(long, value_name = "DURATION", env = "MSD_HEARTBEAT_INTERVAL", default_value = "500ms")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_HEARTBEAT_INTERVAL", default_value = "500ms")]
     pub(crate) heartbeat_interval: String,
 
     /// How long discoverers keep this instance without another packet, e.g. 2s
-    #[arg(long, value_name = "DURATION", env = "MSD_TTL", default_value = "2s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_TTL", default_value = "2s")]
     pub(crate) ttl: String,
 
     /// Health announced at start: serving, draining or failing
@@ -211,11 +211,11 @@ pub(crate) struct AnnounceArgs {
     pub(crate) health: String,
 
     /// Weight announced for load balancing
-    #[arg(long, value_name = "WEIGHT", env = "MSD_WEIGHT")]
+    #[arg(long, value_name = "WEIGHT", allow_hyphen_values = true, env = "MSD_WEIGHT")]
     pub(crate) weight: Option<u32>,
 
     /// Load announced at start, in units the service chooses
-    #[arg(long, value_name = "LOAD", env = "MSD_LOAD")]
+    #[arg(long, value_name = "LOAD", allow_hyphen_values = true, env = "MSD_LOAD")]
     pub(crate) load: Option<u32>,
 
     /// Metadata entry KEY=VALUE; repeat for several
@@ -231,19 +231,20 @@ pub(crate) struct AnnounceArgs {
     pub(crate) check_tcp: Option<String>,
 
     /// Gap between health checks
-    #[arg(long, value_name = "DURATION", env = "MSD_CHECK_INTERVAL", default_value = "2s")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_CHECK_INTERVAL", default_value = "2s")]
     pub(crate) check_interval: String,
 
-    /// Time one health check may take before it counts as failed
-    #[arg(long, value_name = "DURATION", env = "MSD_CHECK_TIMEOUT", default_value = "1s")]
-    pub(crate) check_timeout: String,
+    /// Time one health check may take before it counts as failed, at most --check-interval
+    /// [default: 1s, or --check-interval when that is shorter]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_CHECK_TIMEOUT")]
+    pub(crate) check_timeout: Option<String>,
 
     /// Consecutive failed checks before the instance is announced unhealthy
-    #[arg(long, value_name = "COUNT", env = "MSD_CHECK_FALL", default_value_t = 3)]
+    #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_CHECK_FALL", default_value_t = 3)]
     pub(crate) check_fall: u32,
 
     /// Consecutive passed checks before an unhealthy instance is announced healthy again
-    #[arg(long, value_name = "COUNT", env = "MSD_CHECK_RISE", default_value_t = 2)]
+    #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_CHECK_RISE", default_value_t = 2)]
     pub(crate) check_rise: u32,
 
     /// Health announced while the check fails: failing or draining
@@ -266,7 +267,7 @@ pub(crate) struct BrowseArgs {
 
     /// How long to listen before printing the table, or with --watch before exiting, e.g. 3s
     /// [default: 3s without --watch, forever with it]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub(crate) timeout: Option<String>,
 
     #[command(flatten)]
@@ -276,6 +277,6 @@ pub(crate) struct BrowseArgs {
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Number of instances to start (1 to 20)
-    #[arg(long, value_name = "COUNT", default_value_t = 3)]
+    #[arg(long, value_name = "COUNT", allow_hyphen_values = true, default_value_t = 3)]
     pub(crate) instances: u32,
 }

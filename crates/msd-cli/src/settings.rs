@@ -78,11 +78,40 @@ pub(crate) fn apply_discovery(args: &DiscoveryArgs, builder: msd::DiscovererBuil
         .rate_limit(args.rate_limit, args.rate_burst))
 }
 
-/// Reads a key ring file. Errors name the file and line, never key material.
+/// Largest key file read, in bytes: room for hundreds of keys with comments.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads a key ring file. Errors name the file and line, never key material. A file that other
+/// users may read gets a warning, since anyone who reads it can forge packets.
 pub(crate) fn read_key_file(path: &std::path::Path) -> Result<KeyRing, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| usage(format!("failed to read key file {}: {error}", path.display())))?;
-    KeyRing::parse(&text).map_err(|error| usage(format!("invalid key file {}: {error}", path.display())))
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    let failed = |error: std::io::Error| usage(format!("failed to read key file {}: {error}", path.display()));
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let metadata = file.metadata().map_err(failed)?;
+    if !metadata.is_file() {
+        return Err(usage(format!("invalid key file {}: it is not a regular file; write one with `msd key new --output`", path.display())));
+    }
+    if metadata.len() > MAX_KEY_FILE {
+        return Err(usage(format!(
+            "invalid key file {}: it is {} bytes, more than the maximum of {MAX_KEY_FILE}",
+            path.display(),
+            metadata.len()
+        )));
+    }
+    if metadata.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", metadata.permissions().mode() & 0o777),
+            "key file is readable by other users; restrict it with chmod 600"
+        );
+    }
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE).read_to_string(&mut text).map_err(failed)?;
+    // Some editors start a UTF-8 file with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    KeyRing::parse(text).map_err(|error| usage(format!("invalid key file {}: {error}", path.display())))
 }
 
 /// Parses `--metadata KEY=VALUE` entries.

@@ -267,5 +267,44 @@ fn key_file_errors_are_usage_errors() {
     std::fs::write(&existing, "").unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_msd")).args(["key", "new", "--output"]).arg(&existing).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
+
+    let missing_directory = dir.join("no-such-directory").join("ring");
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_msd")).args(["key", "new", "--output"]).arg(&missing_directory).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("create it first"));
+
+    for (name, problem) in [("/dev/zero", "not a regular file"), ("/proc/self/cmdline", "not a regular file")] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_msd"))
+            .args(["browse", "--group", GROUP, "--interface", "lo", "--ipv4", "--key-file", name])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(problem) || stderr.contains("invalid key file"), "{name}: {stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A key file with a byte order mark and group-readable permissions works, with a warning about
+/// the permissions.
+#[test]
+fn readable_key_file_warns() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("ring");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_msd")).args(["key", "new"]).output().unwrap();
+    let mut text = vec![0xef, 0xbb, 0xbf];
+    text.extend_from_slice(&output.stdout);
+    std::fs::write(&ring, text).unwrap();
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_msd"))
+        .args(["browse", "--group", GROUP, "--interface", "lo", "--ipv4", "--timeout", "200ms", "--key-file"])
+        .arg(&ring)
+        .env("MSD_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "the ring was accepted and nothing was found: {stderr}");
+    assert!(stderr.contains("readable by other users"), "{stderr}");
 }

@@ -86,6 +86,8 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Time a health check may take when `--check-timeout` is not given.
+const DEFAULT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Shortest gap between health checks accepted, so a check cannot load the service it watches.
 const MIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -118,7 +120,10 @@ fn check_settings(args: &AnnounceArgs, healthy: msd::Health) -> Result<Option<Ch
         return Err(usage("invalid --check-fall or --check-rise 0: both must be at least 1".into()));
     }
     let interval = parse_duration("--check-interval", &args.check_interval)?;
-    let timeout = parse_duration("--check-timeout", &args.check_timeout)?;
+    let timeout = match &args.check_timeout {
+        Some(text) => parse_duration("--check-timeout", text)?,
+        None => DEFAULT_CHECK_TIMEOUT.min(interval),
+    };
     if interval < MIN_CHECK_INTERVAL {
         return Err(usage(format!("invalid --check-interval {interval:?}: the minimum is {MIN_CHECK_INTERVAL:?}")));
     }

@@ -32,10 +32,12 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
     let started = tokio::time::Instant::now();
     let mut listened = timeout;
+    let mut interrupted = None;
     tokio::select! {
         () = tokio::time::sleep(timeout) => {}
-        _ = stop.wait() => {
+        signal = stop.wait() => {
             listened = started.elapsed();
+            interrupted = Some(signal);
         }
     }
     let instances = discoverer.instances().await?;
@@ -51,6 +53,9 @@ pub(crate) async fn run(args: BrowseArgs) -> Result<(), CliError> {
     if instances.is_empty() {
         let listened = Duration::from_millis(u64::try_from(listened.as_millis()).unwrap_or(u64::MAX));
         let mut message = humantime::format_duration(listened).to_string();
+        if let Some(signal) = interrupted {
+            message.push_str(&format!(", when {signal} stopped the search"));
+        }
         let refused = stats.packets.authentication_failures();
         if refused > 0 {
             message.push_str(&format!(
@@ -158,7 +163,18 @@ fn resynchronise(known: &mut BTreeMap<String, InstanceInfo>, current: Vec<Instan
 pub(crate) fn describe(event: &Event) -> String {
     match event {
         Event::Up(info) => {
-            format!("up       {}  {}  via {} from {}", printable(&info.id), printable(&info.url), interface_label(info), info.source)
+            // Serving is the usual case; anything else must stand out.
+            let health = match info.health {
+                msd::Health::Serving => String::new(),
+                other => format!("  [{other}]"),
+            };
+            format!(
+                "up       {}  {}{health}  via {} from {}",
+                printable(&info.id),
+                printable(&info.url),
+                interface_label(info),
+                info.source
+            )
         }
         Event::Changed { previous, current } => {
             let mut changes = Vec::new();
@@ -169,7 +185,10 @@ pub(crate) fn describe(event: &Event) -> String {
                 changes.push(format!("health {} -> {}", previous.health, current.health));
             }
             if previous.load != current.load {
-                changes.push(format!("load {:?} -> {:?}", previous.load, current.load));
+                changes.push(format!("load {} -> {}", optional(previous.load), optional(current.load)));
+            }
+            if previous.weight != current.weight {
+                changes.push(format!("weight {} -> {}", optional(previous.weight), optional(current.weight)));
             }
             if previous.incarnation != current.incarnation {
                 changes.push("restarted".to_owned());
@@ -178,7 +197,7 @@ pub(crate) fn describe(event: &Event) -> String {
                 changes.push(format!("protocol {} -> {}", previous.protocol.as_str(), current.protocol.as_str()));
             }
             if changes.is_empty() {
-                changes.push("weight or metadata".to_owned());
+                changes.push("metadata".to_owned());
             }
             format!("changed  {}  {}", printable(&current.id), changes.join(", "))
         }
@@ -186,6 +205,11 @@ pub(crate) fn describe(event: &Event) -> String {
             format!("down     {}  {}  ({reason})", printable(&instance.id), printable(&instance.url))
         }
     }
+}
+
+/// Formats an optional number, `none` when it is absent.
+fn optional(value: Option<u32>) -> String {
+    value.map_or_else(|| "none".to_owned(), |value| value.to_string())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {

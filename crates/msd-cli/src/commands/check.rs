@@ -94,11 +94,20 @@ pub(crate) async fn run(instance: &Instance, settings: CheckSettings) {
     let mut thresholds = Thresholds::new(settings.fall, settings.rise);
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until the first pass the instance announces the unhealthy state without any threshold
+    // crossing, so a check that cannot pass at all would otherwise stay silent.
+    let mut passed_once = false;
+    let mut last_startup_failure: Option<String> = None;
     loop {
         ticker.tick().await;
         let result = check(&client, &settings).await;
-        if let Err(reason) = &result {
-            debug!(%reason, "health check failed");
+        match &result {
+            Ok(()) => passed_once = true,
+            Err(reason) if !passed_once && last_startup_failure.as_ref() != Some(reason) => {
+                warn!(%reason, health = %settings.unhealthy, "health check has not passed yet; the instance stays unhealthy until it does");
+                last_startup_failure = Some(reason.clone());
+            }
+            Err(reason) => debug!(%reason, "health check failed"),
         }
         let Some(healthy) = thresholds.record(result.is_ok()) else { continue };
         let health = if healthy { settings.healthy } else { settings.unhealthy };

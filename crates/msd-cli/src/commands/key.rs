@@ -22,6 +22,11 @@ pub(crate) fn new(output: Option<&Path>) -> Result<(), CliError> {
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|error| {
         if error.kind() == std::io::ErrorKind::AlreadyExists {
             CliError::Usage(format!("key file {} already exists; choose another path or remove it first", path.display()))
+        } else if error.kind() == std::io::ErrorKind::NotFound {
+            CliError::Usage(format!(
+                "failed to write key file {}: its directory does not exist; create it first (mode 0700)",
+                path.display()
+            ))
         } else {
             failed(error)
         }
