@@ -77,6 +77,10 @@ pub(crate) struct DriverCounters {
     pub(crate) receive_errors: AtomicU64,
     pub(crate) foreign_interface: AtomicU64,
     pub(crate) off_link: AtomicU64,
+    /// The kernel's count of datagrams dropped because a socket's receive queue was full, as
+    /// last reported with a datagram of that socket.
+    pub(crate) group_queue_drops: AtomicU64,
+    pub(crate) private_queue_drops: AtomicU64,
 }
 
 pub(crate) struct Driver<M> {
@@ -185,12 +189,14 @@ impl<M: Machine> Driver<M> {
                 },
                 ready = self.group_socket.readable() => {
                     if ready.is_ok() {
-                        receive_batch(&self.group_socket, &mut buffer, &mut self.machine, &self.shared, &self.active);
+                        let drops = &self.shared.counters.group_queue_drops;
+                        receive_batch(&self.group_socket, drops, &mut buffer, &mut self.machine, &self.shared, &self.active);
                     }
                 }
                 ready = self.private_socket.readable() => {
                     if ready.is_ok() {
-                        receive_batch(&self.private_socket, &mut buffer, &mut self.machine, &self.shared, &self.active);
+                        let drops = &self.shared.counters.private_queue_drops;
+                        receive_batch(&self.private_socket, drops, &mut buffer, &mut self.machine, &self.shared, &self.active);
                     }
                 }
                 () = sleep_until(deadline) => self.machine.handle_timeout(now()),
@@ -335,6 +341,7 @@ fn log_start(role: &'static str, network: &NetworkConfig, group: IpAddr) {
 /// delivers unicast from every interface.
 fn receive_batch<M: Machine>(
     socket: &UdpSocket,
+    queue_drops: &AtomicU64,
     buffer: &mut [u8],
     machine: &mut M,
     shared: &Shared,
@@ -351,6 +358,11 @@ fn receive_batch<M: Machine>(
                 return;
             }
         };
+        if let Some(count) = datagram.queue_drops {
+            if queue_drops.swap(u64::from(count), Ordering::Relaxed) < u64::from(count) {
+                debug!(dropped = count, "receive queue overflowed; the kernel dropped datagrams");
+            }
+        }
         if datagram.truncated {
             shared.counters.truncated.fetch_add(1, Ordering::Relaxed);
             debug!(source = %datagram.source, "dropped datagram larger than the receive buffer");

@@ -100,6 +100,9 @@ pub struct Stats {
     pub foreign_interface: u64,
     /// Datagrams from a sender not on the arrival interface's link (or from port 0), dropped.
     pub off_link: u64,
+    /// Datagrams the kernel dropped because a receive queue was full: the process did not read
+    /// fast enough. Counted by the kernel (`SO_RXQ_OVFL`) and read with the next datagram.
+    pub receive_queue_drops: u64,
     /// Events lost by subscribers that fell behind (discoverers only).
     pub events_lagged: u64,
 }
@@ -113,6 +116,8 @@ impl Stats {
             receive_errors: counters.receive_errors.load(Ordering::Relaxed),
             foreign_interface: counters.foreign_interface.load(Ordering::Relaxed),
             off_link: counters.off_link.load(Ordering::Relaxed),
+            receive_queue_drops: counters.group_queue_drops.load(Ordering::Relaxed)
+                + counters.private_queue_drops.load(Ordering::Relaxed),
             events_lagged: 0,
         }
     }

@@ -223,6 +223,33 @@ async fn loopback_in_ipv6_mode_is_clear_error() {
     assert!(matches!(error, Error::LoopbackNeedsIpv4 { .. }), "{error:?}");
 }
 
+/// A discoverer that cannot read for a while loses datagrams in the kernel, and its stats say
+/// how many. The test runtime has one thread, so blocking it stops the discoverer's task.
+#[tokio::test(flavor = "current_thread")]
+async fn full_receive_queue_is_counted() {
+    let group = new_group();
+    let discoverer = discoverer(group).start().await.unwrap();
+    let sender = loopback_sender();
+    let destination = (group.ipv4_multicast(), msd::SEED_PORT);
+    let junk = [0u8; 1000];
+    // About 2 MB: several times the default receive buffer, and bounded.
+    for _ in 0..2_000 {
+        sender.send_to(&junk, destination).unwrap();
+    }
+    // The kernel reports the count with the next datagram read after the overflow.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sender.send_to(&junk, destination).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut drops = 0;
+    while drops == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drops = discoverer.stats().await.unwrap().receive_queue_drops;
+    }
+    assert!(drops > 0, "no receive-queue drops reported");
+    let stats = discoverer.stats().await.unwrap();
+    assert!(stats.packets.rejected_total() + drops >= 2_000, "{stats:?}");
+}
+
 #[tokio::test]
 async fn garbage_is_counted_and_changes_nothing() {
     let group = new_group();

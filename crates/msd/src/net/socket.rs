@@ -32,6 +32,9 @@ pub(crate) struct Datagram {
     pub(crate) source: SocketAddr,
     pub(crate) interface: Option<InterfaceIndex>,
     pub(crate) truncated: bool,
+    /// The kernel's count of datagrams this socket dropped for a full receive queue, since it
+    /// was opened. Sent only once the count is above zero.
+    pub(crate) queue_drops: Option<u32>,
 }
 
 /// Opens the group socket on `port`.
@@ -127,6 +130,7 @@ fn new_socket(ip: IpVersion) -> io::Result<Socket> {
     };
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
+    socket::setsockopt(&socket, sockopt::RxqOvfl, &1)?;
     match ip {
         IpVersion::V4 => {
             socket.set_multicast_ttl_v4(1)?;
@@ -197,7 +201,7 @@ pub(crate) fn set_ipv4_multicast_interface(socket: &UdpSocket, address: Ipv4Addr
 /// Returns `WouldBlock` when no datagram is waiting; call it from `UdpSocket::try_io`.
 pub(crate) fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Datagram> {
     let mut iov = [IoSliceMut::new(buffer)];
-    let mut control = nix::cmsg_space!(nix::libc::in6_pktinfo, nix::libc::in_pktinfo);
+    let mut control = nix::cmsg_space!(nix::libc::in6_pktinfo, nix::libc::in_pktinfo, u32);
     let message = socket::recvmsg::<SockaddrStorage>(
         socket.as_raw_fd(),
         &mut iov,
@@ -206,8 +210,10 @@ pub(crate) fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Datag
     )?;
 
     let mut interface = None;
+    let mut queue_drops = None;
     for control in message.cmsgs()? {
         match control {
+            ControlMessageOwned::RxqOvfl(count) => queue_drops = Some(count),
             ControlMessageOwned::Ipv6PacketInfo(info) => interface = Some(InterfaceIndex(info.ipi6_ifindex)),
             ControlMessageOwned::Ipv4PacketInfo(info) => {
                 interface = u32::try_from(info.ipi_ifindex).ok().map(InterfaceIndex);
@@ -224,6 +230,7 @@ pub(crate) fn receive(socket: &UdpSocket, buffer: &mut [u8]) -> io::Result<Datag
         source,
         interface,
         truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
+        queue_drops,
     })
 }
 
