@@ -35,7 +35,7 @@ pub struct DiscovererConfig {
     /// Silence after which an instance heard only in the seed protocol is probed. Default 65 s:
     /// more than three discover intervals. Native instances announce their own TTL instead.
     pub expire_after: Duration,
-    /// Bounds applied to the TTL a native instance announces. Default 100 ms to 1 h.
+    /// Bounds applied to the TTL a native instance announces. Default 100 ms to 5 min.
     pub min_ttl: Duration,
     pub max_ttl: Duration,
     /// Direct (unicast) probes sent to an overdue instance before it is expired. Default 3.
@@ -77,7 +77,7 @@ impl DiscovererConfig {
             discover_interval: Duration::from_secs(20),
             expire_after: Duration::from_secs(65),
             min_ttl: Duration::from_millis(100),
-            max_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(300),
             probes: 3,
             probe_interval: Duration::from_millis(300),
             max_instances: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
