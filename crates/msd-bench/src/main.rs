@@ -36,6 +36,10 @@ fn main() -> ExitCode {
         let code = child::main(args.get(1..).unwrap_or_default());
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let options = match parse(&args) {
         Ok(options) => options,
         Err(error) => {
