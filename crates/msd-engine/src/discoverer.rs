@@ -272,7 +272,7 @@ impl Discoverer {
         }
         self.conflict_warned = Some(now);
         tracing::warn!(
-            id,
+            id = ?id,
             listed = %entry.info.source,
             other = %datagram.source,
             reason,
@@ -400,7 +400,7 @@ impl Discoverer {
             entry.info.url.replace_range(.., host.url);
             refresh(entry, now, datagram);
             if let Some(previous) = previous {
-                debug!(id = host.id, url = host.url, "instance changed");
+                debug!(id = ?host.id, url = ?host.url, "instance changed");
                 self.events.push_back(Event::Changed { previous, current: entry.info.clone() });
             }
             let serial = entry.serial;
@@ -446,7 +446,7 @@ impl Discoverer {
                 entry.settled_at = now;
             }
             if content_differs(&previous, &entry.info) {
-                debug!(id, url, incarnation, health = %entry.info.health, "instance changed");
+                debug!(id = ?id, url = ?url, incarnation, health = %entry.info.health, "instance changed");
                 self.events.push_back(Event::Changed { previous, current: entry.info.clone() });
             }
             let serial = entry.serial;
@@ -517,7 +517,7 @@ impl Discoverer {
     fn insert(&mut self, info: InstanceInfo, deadline: Instant, datagram: &Received<'_>) {
         if self.entries.len() >= self.config.max_instances.get() {
             self.stats.reject("instance_limit");
-            debug!(id = info.id.as_str(), source = %datagram.source, "dropped announce: instance limit reached");
+            debug!(id = ?info.id, source = %datagram.source, "dropped announce: instance limit reached");
             // New instances are invisible while the table is full, which an operator must hear
             // about, but at most once a minute.
             let now = info.first_seen;
@@ -533,7 +533,7 @@ impl Discoverer {
         }
         let serial = self.next_serial;
         self.next_serial += 1;
-        debug!(id = info.id.as_str(), url = info.url.as_str(), protocol = info.protocol.as_str(), source = %datagram.source, "instance up");
+        debug!(id = ?info.id, url = ?info.url, protocol = info.protocol.as_str(), source = %datagram.source, "instance up");
         self.deadlines.insert((deadline, serial), info.id.clone());
         self.events.push_back(Event::Up(info.clone()));
         let settled_at = info.first_seen;
@@ -554,7 +554,7 @@ impl Discoverer {
         if let (Some(incarnation), Some(sequence)) = (entry.info.incarnation, entry.info.sequence) {
             self.bury(now, id, incarnation, sequence);
         }
-        debug!(id, %reason, "instance down");
+        debug!(id = ?id, %reason, "instance down");
         self.events.push_back(Event::Down { instance: entry.info, reason });
     }
 
@@ -586,7 +586,7 @@ impl Discoverer {
         entry.deadline = now + self.config.probe_interval;
         let source = entry.info.source;
         let protocol = entry.info.protocol;
-        trace!(id = id.as_str(), %source, probe = entry.probes_sent, "probing overdue instance");
+        trace!(id = ?id, %source, probe = entry.probes_sent, "probing overdue instance");
         self.deadlines.insert((entry.deadline, serial), id.clone());
         match protocol {
             Protocol::Native => self.queue_native(now, Destination::Unicast(source), NativeKind::Probe, Some(&id)),

@@ -260,7 +260,7 @@ impl Instance {
         config.check_size()?;
         self.config = config;
         self.protocols = self.config.effective_protocols();
-        debug!(id = %self.config.id, "key ring replaced");
+        debug!(id = ?self.config.id, "key ring replaced");
         Ok(())
     }
 
@@ -282,7 +282,7 @@ impl Instance {
         let added = self.interfaces.insert(interface);
         let round_sent = self.send_due_rounds(now);
         if added {
-            debug!(%interface, id = %self.config.id, "instance interface added");
+            debug!(%interface, id = ?self.config.id, "instance interface added");
             if !round_sent {
                 self.announce_on(now, interface, true, true);
             }
@@ -292,7 +292,7 @@ impl Instance {
 
     pub fn remove_interface(&mut self, interface: InterfaceIndex) {
         if self.interfaces.remove(&interface) {
-            debug!(%interface, id = %self.config.id, "instance interface removed");
+            debug!(%interface, id = ?self.config.id, "instance interface removed");
         }
     }
 
@@ -465,7 +465,7 @@ impl Instance {
         self.answers.clear();
         self.answer_targets.clear();
         self.stopped = true;
-        debug!(id = %self.config.id, "instance shut down");
+        debug!(id = ?self.config.id, "instance shut down");
     }
 
     pub fn is_stopped(&self) -> bool {

@@ -152,7 +152,7 @@ impl InstanceBuilder {
         let logoff = engine.logoff_template();
         let (driver, commands, shared) = driver::prepare(engine, self.network.clone(), "instance")?;
         let task = tokio::spawn(driver.run());
-        tracing::debug!(id = %self.engine.id, url = %self.engine.url, "instance started");
+        tracing::debug!(id = ?self.engine.id, url = ?self.engine.url, "instance started");
         Ok(Instance {
             id: self.engine.id,
             network: self.network,
