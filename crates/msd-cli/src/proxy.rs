@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::num::NonZeroU16;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -33,6 +34,12 @@ type Labels = Vec<(&'static str, String)>;
 
 /// How long an instance a connect failed to is skipped.
 const COOLDOWN: Duration = Duration::from_secs(2);
+
+/// Maximum number of warnings about instances (unusable URLs, failed connects) logged per
+/// second over all instances. Each new id with an unusable URL and each failed connect causes
+/// one, which a network of churning or hostile ids turns into thousands a second. The rest are
+/// only counted, and the count goes out with the next warning logged.
+const WARNINGS_PER_SECOND: u32 = 5;
 
 /// Settings of the proxy after validation.
 #[derive(Debug)]
@@ -68,20 +75,57 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The proxy's shared state.
+///
+/// Locks are taken in the order `backends`, then `unusable`, `cooling` or `active`, then the
+/// metric families. Holding `backends` while changing per-instance state and series makes
+/// removing an instance atomic with respect to connections that open, close or fail meanwhile,
+/// so none of them can re-create state for an instance already removed.
 #[derive(Debug)]
 struct Proxy {
     settings: Settings,
     balancer: Balancer,
     backends: RwLock<BTreeMap<String, Backend>>,
-    /// Open connections per instance id, the load for power-of-two-choices.
+    /// Open connections per instance id, the load for power-of-two-choices. An id is present
+    /// only while it has open connections.
     active: Mutex<BTreeMap<String, u64>>,
-    /// Instances whose URL the proxy cannot use, each warned about once.
+    /// Live instances whose URL the proxy cannot use, each warned about once while it stays
+    /// unusable.
     unusable: Mutex<BTreeSet<String>>,
     /// Instances a connect just failed to, skipped until the instant given unless no other is
     /// left, so that a dead instance costs one failed connect per cooldown rather than one per
     /// client until the discoverer removes it.
     cooling: Mutex<BTreeMap<String, Instant>>,
+    warnings: Mutex<WarningLimit>,
     metrics: ProxyMetrics,
+}
+
+/// A fixed one-second window that admits at most [`WARNINGS_PER_SECOND`] warnings and counts
+/// the ones it rejects.
+#[derive(Debug, Default)]
+struct WarningLimit {
+    window_start: Option<Instant>,
+    logged_in_window: u32,
+    suppressed: u64,
+}
+
+impl WarningLimit {
+    /// Decides whether a warning at `now` may be logged. Returns `None` when it must be
+    /// suppressed, else the number of warnings suppressed since the last one logged, which the
+    /// caller reports in the warning.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        let window_over = self.window_start.is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1));
+        if window_over {
+            self.window_start = Some(now);
+            self.logged_in_window = 0;
+        }
+        if self.logged_in_window >= WARNINGS_PER_SECOND {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return None;
+        }
+        self.logged_in_window += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 #[derive(Debug)]
@@ -128,15 +172,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
     let builder = network.apply_discoverer(Discoverer::builder(network.group));
     let discoverer = apply_discovery(&args.discovery, builder)?.start().await?;
     let (initial, events) = discoverer.watch().await?;
-    let proxy = Arc::new(Proxy {
-        settings,
-        balancer,
-        backends: RwLock::new(BTreeMap::new()),
-        active: Mutex::new(BTreeMap::new()),
-        unusable: Mutex::new(BTreeSet::new()),
-        cooling: Mutex::new(BTreeMap::new()),
-        metrics: ProxyMetrics::new(),
-    });
+    let proxy = Arc::new(Proxy::new(settings, balancer));
     for info in initial {
         proxy.update(info);
     }
@@ -217,6 +253,9 @@ fn settings(args: &ProxyArgs) -> Result<Settings, CliError> {
         .as_deref()
         .map(|text| text.parse().map_err(|_| usage(format!("invalid --metrics-listen {text:?}: write an address and port such as 127.0.0.1:9100"))))
         .transpose()?;
+    if args.port_metadata.as_deref().is_some_and(|key| key.trim().is_empty()) {
+        return Err(usage("invalid --port-metadata \"\": name a metadata key, such as port".into()));
+    }
     if args.attempts == 0 {
         return Err(usage("invalid --attempts 0: at least one connect attempt is needed".into()));
     }
@@ -233,36 +272,96 @@ fn settings(args: &ProxyArgs) -> Result<Settings, CliError> {
 /// Applies discoverer events to the backend table.
 async fn follow(proxy: Arc<Proxy>, mut events: msd::Events) {
     while let Some(event) = events.next().await {
-        match event {
-            Event::Up(info) | Event::Changed { current: info, .. } => proxy.update(info),
-            Event::Down { instance, reason } => {
-                debug!(id = %instance.id, %reason, "instance removed from the proxy");
-                proxy.backends.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&instance.id);
-            }
-        }
+        proxy.apply(event);
     }
 }
 
 impl Proxy {
-    fn update(&self, info: InstanceInfo) {
-        let id = info.id.clone();
-        let Some(target) = target(&info, self.settings.port_key.as_deref()) else {
-            let mut unusable = self.unusable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if unusable.insert(id.clone()) {
-                self.metrics.unusable.inc();
-                warn!(id = %id, url = %info.url, "instance skipped: its URL has no host and port the proxy can connect to");
+    fn new(settings: Settings, balancer: Balancer) -> Self {
+        Proxy {
+            settings,
+            balancer,
+            backends: RwLock::new(BTreeMap::new()),
+            active: Mutex::new(BTreeMap::new()),
+            unusable: Mutex::new(BTreeSet::new()),
+            cooling: Mutex::new(BTreeMap::new()),
+            warnings: Mutex::new(WarningLimit::default()),
+            metrics: ProxyMetrics::new(),
+        }
+    }
+
+    fn apply(&self, event: Event) {
+        match event {
+            Event::Up(info) | Event::Changed { current: info, .. } => self.update(info),
+            Event::Down { instance, reason } => {
+                debug!(id = ?instance.id, %reason, "instance removed from the proxy");
+                self.forget(&instance.id);
+                lock(&self.unusable).remove(&instance.id);
             }
-            self.backends.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&id);
+        }
+    }
+
+    fn update(&self, info: InstanceInfo) {
+        // Instances outside the metadata filters are never picked, so their URLs do not matter.
+        if !self.balancer.metadata_matches(&info) {
+            self.forget(&info.id);
+            lock(&self.unusable).remove(&info.id);
+            return;
+        }
+        let Some(target) = target(&info, self.settings.port_key.as_deref()) else {
+            self.skip_unusable(&info);
             return;
         };
-        self.backends.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id, Backend { info, target });
+        let mut backends = write(&self.backends);
+        lock(&self.unusable).remove(&info.id);
+        backends.insert(info.id.clone(), Backend { info, target });
+    }
+
+    /// Removes an instance whose URL became unusable from the backends, warning once per
+    /// instance until it goes down or announces a usable URL.
+    fn skip_unusable(&self, info: &InstanceInfo) {
+        self.forget(&info.id);
+        let first = lock(&self.unusable).insert(info.id.clone());
+        if !first {
+            return;
+        }
+        self.metrics.unusable.inc();
+        if let Some(suppressed) = self.admit_warning() {
+            warn!(
+                id = ?info.id,
+                url = ?info.url,
+                suppressed = nonzero(suppressed),
+                "instance skipped: its URL has no host and port the proxy can connect to"
+            );
+        }
+    }
+
+    /// Removes an instance from the backends with its cooldown and its per-instance series, so
+    /// that ids that come and go leave nothing behind.
+    fn forget(&self, id: &str) {
+        let mut backends = write(&self.backends);
+        backends.remove(id);
+        lock(&self.cooling).remove(id);
+        let labels = instance_labels(id);
+        self.metrics.connect_errors.remove(&labels);
+        // The open-connections series stays while connections to the instance are still open,
+        // because removing it would hide them from /metrics until they end. `open` removes it
+        // when the last of them closes.
+        if !lock(&self.active).contains_key(id) {
+            self.metrics.active.remove(&labels);
+        }
+        drop(backends);
+    }
+
+    fn admit_warning(&self) -> Option<u64> {
+        lock(&self.warnings).admit(Instant::now())
     }
 
     /// Chooses a backend not yet tried for this connection.
     fn choose(&self, tried: &BTreeSet<String>) -> Option<Backend> {
-        let backends = self.backends.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let backends = read(&self.backends);
         let now = Instant::now();
-        let cooling = self.cooling.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cooling = lock(&self.cooling);
         let untried = || backends.values().filter(|backend| !tried.contains(&backend.info.id));
         let warm: Vec<InstanceInfo> = untried()
             .filter(|backend| cooling.get(&backend.info.id).is_none_or(|until| *until <= now))
@@ -274,7 +373,7 @@ impl Proxy {
         } else {
             untried().map(|backend| backend.info.clone()).collect()
         };
-        let active = self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let active = lock(&self.active);
         let picked = self.balancer.pick_by_load(&candidates, |info| active.get(&info.id).copied().unwrap_or(0))?;
         backends.get(&picked.id).cloned()
     }
@@ -291,14 +390,7 @@ impl Proxy {
                     upstream = Some((backend, stream));
                     break;
                 }
-                Err(error) => {
-                    self.metrics.connect_errors.get_or_create(&vec![("instance", backend.info.id.clone())]).inc();
-                    self.cooling
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .insert(backend.info.id.clone(), Instant::now() + COOLDOWN);
-                    warn!(client = %peer, id = %backend.info.id, target = %backend.target, %error, "connect failed; trying another instance");
-                }
+                Err(error) => self.connect_failed(&backend, peer, &error),
             }
         }
         let Some((backend, mut stream)) = upstream else {
@@ -316,9 +408,34 @@ impl Proxy {
         self.metrics.bytes.get_or_create(&vec![("direction", "to_instance".to_owned())]).inc_by(up);
         self.metrics.bytes.get_or_create(&vec![("direction", "to_client".to_owned())]).inc_by(down);
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let target = backend.target.to_string();
         match copied {
-            Ok(_) => info!(client = %peer, id = %id, target = %backend.target, bytes_up = up, bytes_down = down, elapsed_ms, "connection"),
-            Err(error) => info!(client = %peer, id = %id, target = %backend.target, %error, elapsed_ms, "connection ended with an error"),
+            Ok(_) => info!(client = %peer, id = ?id, target = ?target, bytes_up = up, bytes_down = down, elapsed_ms, "connection"),
+            Err(error) => info!(client = %peer, id = ?id, target = ?target, %error, elapsed_ms, "connection ended with an error"),
+        }
+    }
+
+    /// Counts a failed connect and puts the instance in its cooldown.
+    fn connect_failed(&self, backend: &Backend, peer: SocketAddr, error: &std::io::Error) {
+        let id = &backend.info.id;
+        let backends = read(&self.backends);
+        // An instance removed since it was chosen has no series and no cooldown left, and
+        // recording the failure would create them again for good, so it is only logged.
+        if backends.contains_key(id) {
+            self.metrics.connect_errors.get_or_create(&instance_labels(id)).inc();
+            lock(&self.cooling).insert(id.clone(), Instant::now() + COOLDOWN);
+        }
+        drop(backends);
+
+        if let Some(suppressed) = self.admit_warning() {
+            warn!(
+                client = %peer,
+                id = ?id,
+                target = ?backend.target.to_string(),
+                %error,
+                suppressed = nonzero(suppressed),
+                "connect failed; trying another instance"
+            );
         }
     }
 
@@ -339,26 +456,74 @@ impl Proxy {
         }
     }
 
+    /// Adds `change` to the open connections of an instance and updates its series, which is
+    /// removed when the last connection to an instance no longer among the backends closes.
     fn open(&self, id: &str, change: i64) {
-        let mut active = self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let backends = read(&self.backends);
+        let mut active = lock(&self.active);
         let count = active.entry(id.to_owned()).or_insert(0);
         *count = count.saturating_add_signed(change);
         let value = *count;
         if value == 0 {
             active.remove(id);
         }
-        drop(active);
-        self.metrics.active.get_or_create(&vec![("instance", id.to_owned())]).set(i64::try_from(value).unwrap_or(i64::MAX));
+        let labels = instance_labels(id);
+        if value == 0 && !backends.contains_key(id) {
+            self.metrics.active.remove(&labels);
+        } else {
+            self.metrics.active.get_or_create(&labels).set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
     }
+}
+
+/// Returns the labels of an instance's series.
+fn instance_labels(id: &str) -> Labels {
+    vec![("instance", escape_label_value(id))]
+}
+
+/// Escapes a label value for the Prometheus and OpenMetrics text formats: backslash, double
+/// quote and line feed become `\\`, `\"` and `\n`. prometheus-client 0.23 writes label values
+/// unescaped, and instance ids come from the network, so an id could otherwise end the value
+/// and add series of its own.
+fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for character in value.chars() {
+        match character {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// Returns a count for a log field, or `None` (no field) when it is zero.
+fn nonzero(count: u64) -> Option<u64> {
+    (count > 0).then_some(count)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Returns where to connect for an instance: the port from metadata `port_key` when given and
 /// valid, else the URL's port or its scheme's default. A link-local IPv6 host gets the scope of
-/// the interface the instance was heard on.
+/// the interface the instance was heard on. Port 0 is never valid, because a connect to it
+/// always fails.
 fn target(info: &InstanceInfo, port_key: Option<&str>) -> Option<Target> {
     let url = url::Url::parse(&info.url).ok()?;
-    let metadata_port = port_key.and_then(|key| info.metadata.get(key)).and_then(|port| port.parse::<u16>().ok());
-    let port = metadata_port.or_else(|| url.port_or_known_default())?;
+    let metadata_port = port_key.and_then(|key| info.metadata.get(key)).and_then(|port| port.parse::<NonZeroU16>().ok());
+    let url_port = url.port_or_known_default().and_then(NonZeroU16::new);
+    let port = metadata_port.or(url_port)?.get();
     match url.host()? {
         url::Host::Ipv4(address) => Some(Target::Address(SocketAddr::new(IpAddr::V4(address), port))),
         url::Host::Ipv6(address) if address.is_unicast_link_local() => {
@@ -391,7 +556,7 @@ async fn serve_metrics(proxy: Arc<Proxy>, address: SocketAddr) -> Result<tokio::
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }));
     info!(listen = %address, "serving proxy metrics");
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -456,8 +621,261 @@ mod tests {
 
     #[test]
     fn unusable_urls_skipped() {
-        for url in ["mailto:x@y", "custom://10.0.0.7", "not a url"] {
+        for url in ["mailto:x@y", "custom://10.0.0.7", "not a url", "http://10.77.0.3:0", "http://[fe80::1]:0/"] {
             assert_eq!(target(&info(url, &[]), None), None, "{url}");
         }
+    }
+
+    #[test]
+    fn metadata_port_zero_ignored() {
+        let with_url_port = info("http://10.0.0.7:8080", &[("port", "0")]);
+        assert_eq!(target(&with_url_port, Some("port")), Some(Target::Address("10.0.0.7:8080".parse().unwrap())));
+        let without_url_port = info("grpc://10.0.0.7", &[("port", "0")]);
+        assert_eq!(target(&without_url_port, Some("port")), None);
+    }
+
+    /// An id that would end its label value and add two series if written unescaped.
+    const HOSTILE_ID: &str = "x\"} 1\nmsd_proxy_connections_total{result=\"forwarded\"} 999999\nfake_metric{a=\"\\";
+
+    fn instance(id: &str, url: &str) -> InstanceInfo {
+        InstanceInfo { id: id.into(), ..info(url, &[]) }
+    }
+
+    fn test_proxy() -> Proxy {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
+            connect_timeout: Duration::from_secs(1),
+            attempts: 3,
+            port_key: None,
+            drain_timeout: Duration::from_secs(1),
+        };
+        Proxy::new(settings, Balancer::new(Strategy::PowerOfTwoChoices))
+    }
+
+    fn encoded(proxy: &Proxy) -> String {
+        let mut text = String::new();
+        encode(&mut text, &proxy.metrics.registry).unwrap();
+        text
+    }
+
+    fn down(info: InstanceInfo) -> Event {
+        Event::Down { instance: info, reason: msd::DownReason::Expired }
+    }
+
+    fn fail_connect(proxy: &Proxy, id: &str) {
+        let backend = read(&proxy.backends).get(id).cloned().expect("a backend");
+        let error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        proxy.connect_failed(&backend, "127.0.0.1:5".parse().unwrap(), &error);
+    }
+
+    /// One sample of the text format: metric name, labels with unescaped values, value.
+    type Sample = (String, Vec<(String, String)>, String);
+
+    /// Parses a sample line of the OpenMetrics text format, or returns `None` when the line is
+    /// not one well-formed sample.
+    fn parse_sample(line: &str) -> Option<Sample> {
+        let name_end = line.find(['{', ' '])?;
+        let (name, mut rest) = line.split_at(name_end);
+        let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        if !valid_name {
+            return None;
+        }
+        let mut labels = Vec::new();
+        if let Some(mut inside) = rest.strip_prefix('{') {
+            loop {
+                let (key, after_key) = inside.split_once("=\"")?;
+                let mut value = String::new();
+                let mut chars = after_key.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (_, '\\') => match chars.next()?.1 {
+                            '\\' => value.push('\\'),
+                            '"' => value.push('"'),
+                            'n' => value.push('\n'),
+                            _ => return None,
+                        },
+                        (index, '"') => break index,
+                        (_, '\n') => return None,
+                        (_, other) => value.push(other),
+                    }
+                };
+                labels.push((key.to_owned(), value));
+                let after_value = &after_key[end + 1..];
+                if let Some(next) = after_value.strip_prefix(',') {
+                    inside = next;
+                } else {
+                    rest = after_value.strip_prefix('}')?;
+                    break;
+                }
+            }
+        }
+        let value = rest.strip_prefix(' ')?;
+        value.parse::<f64>().ok()?;
+        Some((name.to_owned(), labels, value.to_owned()))
+    }
+
+    fn samples(text: &str) -> Vec<Sample> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| parse_sample(line).unwrap_or_else(|| panic!("malformed sample line {line:?} in:\n{text}")))
+            .collect()
+    }
+
+    #[test]
+    fn label_values_escaped() {
+        let cases = [
+            ("web-1", "web-1"),
+            ("a\"b", "a\\\"b"),
+            ("a\\b", "a\\\\b"),
+            ("a\nb", "a\\nb"),
+            ("\\n", "\\\\n"),
+            ("tab\tcr\r", "tab\tcr\r"),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(escape_label_value(raw), expected, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_id_one_sample_per_series() {
+        let proxy = test_proxy();
+        proxy.apply(Event::Up(instance(HOSTILE_ID, "http://127.0.0.1:9")));
+        fail_connect(&proxy, HOSTILE_ID);
+        proxy.open(HOSTILE_ID, 1);
+
+        let text = encoded(&proxy);
+        let samples = samples(&text);
+        let per_instance = |name: &str| {
+            samples
+                .iter()
+                .filter(|(sample, labels, _)| sample == name && labels.iter().any(|(key, _)| key == "instance"))
+                .collect::<Vec<_>>()
+        };
+        let errors = per_instance("msd_proxy_connect_errors_total");
+        assert_eq!(errors.len(), 1, "{text}");
+        assert_eq!(errors[0].1, vec![("instance".to_owned(), HOSTILE_ID.to_owned())], "{text}");
+        assert_eq!(errors[0].2, "1", "{text}");
+        let active = per_instance("msd_proxy_active_connections");
+        assert_eq!(active.len(), 1, "{text}");
+        assert_eq!(active[0].1, vec![("instance".to_owned(), HOSTILE_ID.to_owned())], "{text}");
+        assert_eq!(active[0].2, "1", "{text}");
+        assert!(!samples.iter().any(|(name, _, _)| name == "fake_metric"), "{text}");
+        assert!(!samples.iter().any(|(name, _, _)| name == "msd_proxy_connections_total"), "{text}");
+    }
+
+    #[test]
+    fn churned_ids_leave_nothing() {
+        let proxy = test_proxy();
+        for index in 0..20_000 {
+            let usable = instance(&format!("web-{index}"), "http://127.0.0.1:9");
+            proxy.apply(Event::Up(usable.clone()));
+            fail_connect(&proxy, &usable.id);
+            proxy.open(&usable.id, 1);
+            proxy.open(&usable.id, -1);
+            proxy.apply(down(usable));
+
+            let unusable = instance(&format!("bad-{index}"), "http://127.0.0.1:0");
+            proxy.apply(Event::Up(unusable.clone()));
+            assert!(lock(&proxy.unusable).contains(&unusable.id));
+            proxy.apply(down(unusable));
+        }
+
+        assert!(read(&proxy.backends).is_empty());
+        assert!(lock(&proxy.unusable).is_empty());
+        assert!(lock(&proxy.cooling).is_empty());
+        assert!(lock(&proxy.active).is_empty());
+        let text = encoded(&proxy);
+        assert!(!text.contains("instance="), "{text}");
+        // The counter keeps every unusable instance although their state and series went away.
+        assert_eq!(proxy.metrics.unusable.get(), 20_000);
+    }
+
+    #[test]
+    fn active_series_outlives_instance() {
+        let proxy = test_proxy();
+        let web = instance("web-1", "http://127.0.0.1:9");
+        proxy.apply(Event::Up(web.clone()));
+        proxy.open("web-1", 1);
+        fail_connect(&proxy, "web-1");
+        proxy.apply(down(web.clone()));
+        let text = encoded(&proxy);
+        assert!(text.contains("msd_proxy_active_connections{instance=\"web-1\"} 1"), "{text}");
+        assert!(!text.contains("msd_proxy_connect_errors_total{instance=\"web-1\"}"), "{text}");
+
+        proxy.open("web-1", -1);
+        assert!(!encoded(&proxy).contains("instance="));
+
+        // A live instance keeps its series at 0 after its last connection closes.
+        proxy.apply(Event::Up(web));
+        proxy.open("web-1", 1);
+        proxy.open("web-1", -1);
+        assert!(encoded(&proxy).contains("msd_proxy_active_connections{instance=\"web-1\"} 0"));
+    }
+
+    #[test]
+    fn failure_after_down_leaves_nothing() {
+        let proxy = test_proxy();
+        let web = instance("web-1", "http://127.0.0.1:9");
+        proxy.apply(Event::Up(web.clone()));
+        let backend = read(&proxy.backends).get("web-1").cloned().unwrap();
+        proxy.apply(down(web));
+        let error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        proxy.connect_failed(&backend, "127.0.0.1:5".parse().unwrap(), &error);
+        assert!(lock(&proxy.cooling).is_empty());
+        assert!(!encoded(&proxy).contains("instance="));
+    }
+
+    /// An instance outside the metadata filters is neither a backend nor warned about, even with
+    /// a URL the proxy could not use.
+    #[test]
+    fn filtered_out_instance_ignored() {
+        let settings = Settings { port_key: None, ..test_proxy().settings };
+        let proxy = Proxy::new(settings, Balancer::new(Strategy::PowerOfTwoChoices).with_metadata("zone", "eu-1"));
+        let elsewhere = InstanceInfo { id: "other".into(), ..info("mailto:x@y", &[("zone", "us-1")]) };
+        proxy.apply(Event::Up(elsewhere));
+        assert!(lock(&proxy.unusable).is_empty());
+        assert_eq!(proxy.metrics.unusable.get(), 0);
+
+        let matching = InstanceInfo { id: "matching".into(), ..info("http://10.77.0.3:8080", &[("zone", "eu-1")]) };
+        proxy.apply(Event::Up(matching));
+        assert!(read(&proxy.backends).contains_key("matching"));
+    }
+
+    #[test]
+    fn usable_url_clears_unusable() {
+        let proxy = test_proxy();
+        let bad = instance("web-1", "http://10.77.0.3:0");
+        proxy.apply(Event::Up(bad.clone()));
+        assert!(lock(&proxy.unusable).contains("web-1"));
+        assert!(read(&proxy.backends).is_empty());
+
+        let good = instance("web-1", "http://10.77.0.3:8080");
+        proxy.apply(Event::Changed { previous: bad.clone(), current: good.clone() });
+        assert!(lock(&proxy.unusable).is_empty());
+        assert!(read(&proxy.backends).contains_key("web-1"));
+
+        // Unusable again: removed from the backends and counted a second time.
+        proxy.apply(Event::Changed { previous: good, current: bad });
+        assert!(read(&proxy.backends).is_empty());
+        assert_eq!(proxy.metrics.unusable.get(), 2);
+    }
+
+    #[test]
+    fn warning_limit_per_second() {
+        let mut limit = WarningLimit::default();
+        let start = Instant::now();
+        let admitted: Vec<_> = (0..20).map(|_| limit.admit(start)).collect();
+        let logged = admitted.iter().filter(|admission| admission.is_some()).count();
+        assert_eq!(logged, WARNINGS_PER_SECOND as usize);
+        assert!(admitted.iter().flatten().all(|suppressed| *suppressed == 0));
+
+        let almost = start + Duration::from_millis(999);
+        assert_eq!(limit.admit(almost), None);
+
+        // The next window reports the 16 suppressed so far in its first warning, once.
+        let next = start + Duration::from_secs(1);
+        assert_eq!(limit.admit(next), Some(16));
+        assert_eq!(limit.admit(next), Some(0));
     }
 }

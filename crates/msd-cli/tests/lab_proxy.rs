@@ -142,6 +142,199 @@ fn proxy_spreads_and_survives_crash_and_drain() {
     eprintln!("after the crash: {tally:?}; {retried} connects to red failed and were retried");
 }
 
+/// Ids that would end their label value and add series of their own if `/metrics` wrote them
+/// unescaped, and that would start forged log lines if logged as they are.
+const GOOD_ID: &str = "good\"} 1\nmsd_proxy_connections_total{result=\"forwarded\"} 999999\nfake_metric{a=\"";
+const DEAD_ID: &str = "dead\\\"} 2\r\n\u{1b}[2Jfake_metric{b=\"";
+
+/// The label values of `GOOD_ID` and `DEAD_ID`, escaped as the text exposition format requires.
+const GOOD_LABEL: &str = r#"good\"} 1\nmsd_proxy_connections_total{result=\"forwarded\"} 999999\nfake_metric{a=\""#;
+const DEAD_LABEL: &str = "dead\\\\\\\"} 2\r\\n\u{1b}[2Jfake_metric{b=\\\"";
+
+const METRICS: &str = "127.0.0.1:9100";
+
+/// Announces each `(id, url)` from `host`, after starting a TCP server on `hold_port` (when
+/// given) that accepts connections and keeps them open. The instances stay up until the returned
+/// sender is dropped.
+fn announce_all(host: &Host, instances: Vec<(String, String)>, hold_port: Option<u16>) -> mpsc::Sender<()> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (ready, started) = mpsc::channel();
+    let address = host.ipv4();
+    host.run(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            if let Some(port) = hold_port {
+                let listener = tokio::net::TcpListener::bind((address, port)).await.unwrap();
+                tokio::spawn(async move {
+                    while let Ok((mut stream, _)) = listener.accept().await {
+                        tokio::spawn(async move {
+                            let mut sink = tokio::io::sink();
+                            let _ = tokio::io::copy(&mut stream, &mut sink).await;
+                        });
+                    }
+                });
+            }
+            let group: GroupId = GROUP.parse().unwrap();
+            let mut running = Vec::new();
+            for (id, url) in instances {
+                running.push(Instance::builder(group).id(id).url(url).start().await.unwrap());
+            }
+            ready.send(()).unwrap();
+            let _ = tokio::task::block_in_place(|| stopped.recv());
+            for instance in running {
+                let _ = instance.shutdown().await;
+            }
+        });
+    });
+    started.recv_timeout(WAIT).expect("instances started");
+    stop
+}
+
+/// Starts `msd proxy` in `host` with `/metrics` on [`METRICS`] and debug logs of the proxy
+/// module alone, because the tests below read the proxy's own log lines.
+fn start_proxy_with_metrics(host: &Host) -> msd_lab::LabChild {
+    let mut command = host.command(env!("CARGO_BIN_EXE_msd"));
+    command.args(["proxy", "--group", GROUP, "--listen", PROXY, "--metrics-listen", METRICS]);
+    command.env("MSD_LOG", "info,msd::proxy=debug").env_remove("MSD_MULTICAST_INTERFACE");
+    let proxy = host.spawn(command).expect("start msd proxy");
+    assert!(proxy.wait_for_line(WAIT, |line| line.contains("proxying")).is_some(), "{}", proxy.output());
+    proxy
+}
+
+/// Fetches the proxy's `/metrics` text over HTTP/1.1, from inside a lab host.
+fn fetch_metrics() -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(METRICS).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: msd\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    body.to_owned()
+}
+
+/// Fetches `/metrics` until it has the line `expected`, from inside a lab host.
+fn wait_for_metrics_line(expected: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = fetch_metrics();
+        if text.lines().any(|line| line == expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never got {expected:?} in:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Lines of `text` that start with `prefix`.
+fn lines_starting<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|line| line.starts_with(prefix)).collect()
+}
+
+#[test]
+fn hostile_ids_escaped_in_metrics_and_logs() {
+    let Some(lab) = Lab::for_test(2) else { return };
+    let client_host = lab.host(0);
+    let proxy = start_proxy_with_metrics(client_host);
+    // GOOD_ID gets a server that keeps connections open, and nothing listens on DEAD_ID's port.
+    let address = lab.host(1).ipv4();
+    let instances = vec![
+        (GOOD_ID.to_owned(), format!("http://{address}:{BACKEND_PORT}/")),
+        (DEAD_ID.to_owned(), format!("http://{address}:{}/", BACKEND_PORT + 1)),
+        ("zero".to_owned(), format!("http://{address}:0/")),
+    ];
+    let _instances = announce_all(lab.host(1), instances, Some(BACKEND_PORT));
+
+    // Opens client connections, kept open, until one was forwarded to GOOD_ID and a connect to
+    // DEAD_ID failed. Power-of-two-choices prefers DEAD_ID once GOOD_ID has a connection.
+    let good_series = format!("msd_proxy_active_connections{{instance=\"{GOOD_LABEL}\"}} ");
+    let dead_series = format!("msd_proxy_connect_errors_total{{instance=\"{DEAD_LABEL}\"}} ");
+    let (good, dead) = (good_series.clone(), dead_series.clone());
+    let metrics = client_host
+        .run(move || {
+            let deadline = Instant::now() + WAIT;
+            let mut clients = Vec::new();
+            loop {
+                let text = fetch_metrics();
+                let forwarded = lines_starting(&text, &good).iter().any(|line| !line.ends_with(" 0"));
+                if forwarded && !lines_starting(&text, &dead).is_empty() {
+                    return text;
+                }
+                assert!(Instant::now() < deadline, "no forwarded connection and failed connect in time:\n{text}");
+                clients.push(std::net::TcpStream::connect(PROXY).unwrap());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .join()
+        .unwrap();
+
+    for line in metrics.lines().filter(|line| !line.starts_with('#')) {
+        let value = line.rsplit_once(' ').map(|(_, value)| value);
+        assert!(line.starts_with("msd_proxy_"), "a line of another metric: {line:?} in:\n{metrics}");
+        assert!(value.is_some_and(|value| value.parse::<f64>().is_ok()), "a line without a value: {line:?} in:\n{metrics}");
+    }
+    assert_eq!(lines_starting(&metrics, &good_series).len(), 1, "{metrics}");
+    assert_eq!(lines_starting(&metrics, &dead_series).len(), 1, "{metrics}");
+    assert_eq!(lines_starting(&metrics, "msd_proxy_active_connections{").len(), 1, "{metrics}");
+    assert_eq!(lines_starting(&metrics, "msd_proxy_connect_errors_total{").len(), 1, "{metrics}");
+    let forwarded = lines_starting(&metrics, "msd_proxy_connections_total{result=\"forwarded\"} ");
+    assert_eq!(forwarded.len(), 1, "{metrics}");
+    assert!(!forwarded[0].ends_with(" 999999"), "{metrics}");
+    assert_eq!(lines_starting(&metrics, "msd_proxy_unusable_instances_total ").first().copied(), Some("msd_proxy_unusable_instances_total 1"), "{metrics}");
+
+    // Port 0: skipped with one warning and never tried. Ids reach the log escaped, so no
+    // control character from them and no forged line appears.
+    let log = proxy.output();
+    let skipped: Vec<_> = log.lines().filter(|line| line.contains("instance skipped")).collect();
+    assert_eq!(skipped.len(), 1, "{log}");
+    assert!(skipped[0].contains("id=\"zero\""), "{log}");
+    assert!(!log.lines().any(|line| line.contains("connect failed") && line.contains("zero")), "{log}");
+    assert!(log.lines().any(|line| line.contains("connect failed") && line.contains(r#"id="dead\\\"} 2\r\n\u{1b}[2Jfake_metric{b=\"""#)), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    assert!(!log.contains('\r'), "{log:?}");
+    assert!(!log.lines().any(|line| line.starts_with("fake_metric") || line.starts_with("msd_proxy_")), "{log}");
+}
+
+#[test]
+fn unusable_flood_warnings_bounded() {
+    const FLOOD: usize = 50;
+    let Some(lab) = Lab::for_test(2) else { return };
+    let client_host = lab.host(0);
+    let started = Instant::now();
+    let proxy = start_proxy_with_metrics(client_host);
+    let address = lab.host(1).ipv4();
+    let flood = (0..FLOOD).map(|index| (format!("zero-{index}"), format!("http://{address}:0/"))).collect();
+    let _flood = announce_all(lab.host(1), flood, None);
+
+    let counted = format!("msd_proxy_unusable_instances_total {FLOOD}");
+    client_host.run(move || wait_for_metrics_line(&counted)).join().unwrap();
+    let elapsed = started.elapsed();
+
+    // One more unusable instance, a window later, gets a warning that reports what the flood's
+    // last window suppressed.
+    std::thread::sleep(Duration::from_millis(1100));
+    let _late = announce_all(lab.host(1), vec![("late".to_owned(), format!("http://{address}:0/"))], None);
+    let late = proxy.wait_for_line(WAIT, |line| line.contains("instance skipped") && line.contains("id=\"late\""));
+    assert!(late.is_some(), "no warning for the late instance:\n{}", proxy.output());
+
+    // The proxy admits 5 warnings per one-second window, and the windows that began before the
+    // flood was counted are at most the whole seconds elapsed plus one. The `suppressed` fields
+    // of the warnings logged add up to the warnings left out.
+    let log = proxy.output();
+    let skipped: Vec<&str> = log.lines().filter(|line| line.contains("instance skipped")).collect();
+    let warned = skipped.len() - 1;
+    let windows = usize::try_from(elapsed.as_secs()).unwrap() + 1;
+    assert!(warned < FLOOD, "{warned} warnings for {FLOOD} unusable instances:\n{log}");
+    assert!(warned <= 5 * windows, "{warned} warnings in {elapsed:?}:\n{log}");
+    let reported: usize = skipped
+        .iter()
+        .filter_map(|line| line.split_once("suppressed=")?.1.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(reported, FLOOD - warned, "{log}");
+    let counted_late = format!("msd_proxy_unusable_instances_total {}", FLOOD + 1);
+    client_host.run(move || wait_for_metrics_line(&counted_late)).join().unwrap();
+}
+
 #[test]
 fn no_backend_closes_client_at_once() {
     let Some(lab) = Lab::for_test(1) else { return };

@@ -106,8 +106,12 @@ impl Balancer {
 
     /// Returns whether an instance passes the health and metadata filters.
     pub fn eligible(&self, instance: &InstanceInfo) -> bool {
-        self.healths.contains(&instance.health)
-            && self.metadata.iter().all(|(key, value)| instance.metadata.get(key) == Some(value))
+        self.healths.contains(&instance.health) && self.metadata_matches(instance)
+    }
+
+    /// Returns whether an instance passes the metadata filters, whatever its health.
+    pub fn metadata_matches(&self, instance: &InstanceInfo) -> bool {
+        self.metadata.iter().all(|(key, value)| instance.metadata.get(key) == Some(value))
     }
 
     /// Picks one eligible instance, with the reported load for power-of-two-choices.
