@@ -8,6 +8,8 @@ mod output;
 mod proxy;
 mod serve;
 mod settings;
+#[cfg(test)]
+mod testing;
 
 fn main() -> std::process::ExitCode {
     exit::run()

@@ -582,24 +582,8 @@ mod tests {
     use super::*;
 
     fn info(url: &str, metadata: &[(&str, &str)]) -> InstanceInfo {
-        let now = Instant::now();
-        InstanceInfo {
-            id: "a".into(),
-            url: url.into(),
-            protocol: msd::Protocol::Native,
-            health: msd::Health::Serving,
-            weight: None,
-            load: None,
-            metadata: metadata.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
-            incarnation: Some(1),
-            sequence: Some(1),
-            ttl: None,
-            key_id: None,
-            interface: msd::InterfaceIndex(7),
-            source: "10.0.0.1:5".parse().unwrap(),
-            first_seen: now,
-            last_seen: now,
-        }
+        let metadata = metadata.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+        InstanceInfo { metadata, interface: msd::InterfaceIndex(7), ..crate::testing::instance_info("a", url) }
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! `msd serve` on the loopback interface: every HTTP endpoint against real instances.
 
-use std::net::TcpListener;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use msd_wire::native::{NativeKind, NativePacket};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -18,12 +22,21 @@ impl Drop for Process {
 }
 
 fn msd(args: &[&str]) -> Process {
+    msd_logging_to(args, None)
+}
+
+/// Starts msd; with `log`, at log level info with its stderr written to that file.
+fn msd_logging_to(args: &[&str], log: Option<&Path>) -> Process {
+    let (level, stderr) = match log {
+        Some(path) => ("info", Stdio::from(std::fs::File::create(path).expect("create the log file"))),
+        None => ("warn", Stdio::null()),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_msd"))
         .args(args)
-        .env("MSD_LOG", "warn")
+        .env("MSD_LOG", level)
         .env_remove("MSD_MULTICAST_INTERFACE")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start msd");
     Process(child)
@@ -48,16 +61,25 @@ fn announce(group: &str, id: &str, extra: &[&str]) -> Process {
 
 struct Server {
     base: String,
+    listen: String,
     client: reqwest::Client,
-    _process: Process,
+    process: Process,
 }
 
 impl Server {
     async fn start(group: &str) -> Server {
+        Server::start_with(group, &[], None).await
+    }
+
+    /// Starts `msd serve` on the loopback interface with further arguments, logging to `log`
+    /// when given.
+    async fn start_with(group: &str, extra: &[&str], log: Option<&Path>) -> Server {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let process = msd(&["serve", "--group", group, "--interface", "lo", "--ipv4", "--listen", &listen]);
-        let server = Server { base: format!("http://{listen}"), client: reqwest::Client::new(), _process: process };
+        let mut args = vec!["serve", "--group", group, "--interface", "lo", "--ipv4", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let process = msd_logging_to(&args, log);
+        let server = Server { base: format!("http://{listen}"), listen: listen.clone(), client: reqwest::Client::new(), process };
         let deadline = Instant::now() + WAIT;
         while server.client.get(server.url("/healthz")).send().await.is_err() {
             assert!(Instant::now() < deadline, "msd serve did not start");
@@ -146,6 +168,12 @@ async fn json_api_lists_filters_and_picks() {
     assert_eq!(targets.len(), 2);
     assert_eq!(targets[0]["targets"][0], "127.0.0.1:9005");
     assert_eq!(targets[0]["labels"]["__meta_msd_metadata_zone"], "a");
+    for (filter, id) in [("metadata.zone=b", "beta"), ("health=serving", "alpha"), ("health=draining&protocol=native", "beta")] {
+        let (status, targets) = server.get(&format!("/v1/prometheus-sd?{filter}")).await;
+        assert_eq!(status, 200, "{filter}: {targets}");
+        assert_eq!(targets.as_array().unwrap().len(), 1, "{filter}: {targets}");
+        assert_eq!(targets[0]["labels"]["__meta_msd_id"], id, "{filter}");
+    }
 
     let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for name in [
@@ -247,5 +275,256 @@ async fn event_stream_snapshot_changes_and_resume() {
         let snapshot = read_events(&mut fresh, &mut buffer, 1).await;
         assert_eq!(snapshot[0].0, "snapshot", "{stale}");
         assert_eq!(snapshot[0].2.as_array().unwrap().len(), 1, "{stale}");
+    }
+}
+
+/// Sends `request` over a new connection and returns the status, the headers (names in lower
+/// case) and the body, for requests reqwest would not send as written.
+fn raw_request(listen: &str, request: &[u8]) -> (u16, BTreeMap<String, String>, String) {
+    let mut connection = TcpStream::connect(listen).unwrap();
+    connection.set_read_timeout(Some(WAIT)).unwrap();
+    connection.write_all(request).unwrap();
+    let mut response = Vec::new();
+    connection.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of headers in {response:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok()).expect("status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+#[tokio::test]
+async fn errors_are_json_with_status() {
+    let group = new_group();
+    let server = Server::start(&group).await;
+
+    for (method, path, status) in [
+        ("GET", "/v1/instances/%ff%fe", 400),
+        ("GET", "/v1/instances/nobody", 404),
+        ("GET", "/no/such/route", 404),
+        ("PUT", "/no/such/route", 404),
+        ("GET", "/v1/instances/", 404),
+        ("POST", "/v1/instances", 405),
+        ("DELETE", "/v1/instances", 405),
+        ("DELETE", "/v1/instances/alpha", 405),
+        ("POST", "/v1/events", 405),
+        ("PATCH", "/metrics", 405),
+    ] {
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let (got, headers, body) = raw_request(&server.listen, request.as_bytes());
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"), "{method} {path}");
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method} {path}: body is not JSON: {body:?}"));
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{method} {path}: {body}");
+        if status == 405 {
+            assert_eq!(headers.get("allow").map(String::as_str), Some("GET,HEAD"), "{method} {path}");
+            assert!(message.contains(method), "{method} {path}: {message}");
+        }
+    }
+
+    let (_, _, body) = raw_request(&server.listen, b"GET /v1/instances/%ff%fe HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    assert!(body.contains("UTF-8"), "{body}");
+}
+
+#[tokio::test]
+async fn unknown_parameters_rejected_everywhere() {
+    let group = new_group();
+    let server = Server::start(&group).await;
+    let _alpha = announce(&group, "alpha", &[]);
+    server.wait_for_count("/v1/instances", 1).await;
+
+    for (path, parameter) in [
+        ("/v1/events?health=serving", "health"),
+        ("/v1/events?metadata.zone=a", "metadata.zone"),
+        ("/metrics?format=json", "format"),
+        ("/healthz?verbose=1", "verbose"),
+        ("/v1/instances/alpha?fields=url", "fields"),
+        ("/v1/prometheus-sd?colour=red", "colour"),
+        ("/v1/prometheus-sd?health=sick", "health"),
+    ] {
+        // An event stream that ignored the parameter would never end, so the wait is bounded.
+        let (status, body) = tokio::time::timeout(WAIT, server.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no complete response within {WAIT:?}"));
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap_or_default().contains(parameter), "{path}: {body}");
+    }
+
+    for path in ["/v1/events", "/metrics", "/healthz", "/v1/instances/alpha", "/v1/prometheus-sd?health=serving"] {
+        let response = server.client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+}
+
+/// The access log writes the path of each request escaped, so a path with a character some
+/// terminals take as a line break (U+0085, sent raw) stays on its own log line.
+#[tokio::test]
+async fn access_log_escapes_paths() {
+    let group = new_group();
+    let directory = tempfile::tempdir().unwrap();
+    let log = directory.path().join("serve.log");
+    let mut server = Server::start_with(&group, &[], Some(&log)).await;
+
+    let (status, _, _) = raw_request(
+        &server.listen,
+        "GET /v1/instances/x\u{85}INFO\u{2028}forged HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
+    assert_eq!(status, 404);
+    let (status, _, _) = raw_request(&server.listen, b"GET /v1/instances/%0a%1b HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 404);
+
+    let _ = server.process.0.kill();
+    let _ = server.process.0.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{85}'), "a raw U+0085 reached the log:\n{text}");
+    assert!(!text.contains('\u{2028}'), "a raw U+2028 reached the log:\n{text}");
+    let forged: Vec<&str> = text.lines().filter(|line| line.contains("forged")).collect();
+    assert_eq!(forged.len(), 1, "one access line for the forged path:\n{text}");
+    assert!(forged[0].contains(r#"path="/v1/instances/x\u{85}INFO\u{2028}forged""#), "{}", forged[0]);
+    assert!(text.contains(r#"path="/v1/instances/%0a%1b""#), "percent escapes are logged as sent:\n{text}");
+}
+
+/// Instances in the crowd of [`event_clients_limited_and_bounded`]. With about 1.1 kB of JSON
+/// each, one snapshot is about 5 MB.
+const CROWD: usize = 4_000;
+
+/// Returns the id of instance `number` of the crowd.
+fn crowd_id(number: usize) -> String {
+    format!("crowd-{number:05}")
+}
+
+/// Sends an ANNOUNCE for each instance of the crowd in `numbers` to the group on the loopback
+/// interface, each with about 800 bytes of metadata.
+fn announce_crowd(group: &str, numbers: &[usize], round: u64) {
+    let group: msd::GroupId = group.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).unwrap();
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+    socket.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+    socket.set_multicast_ttl_v4(1).unwrap();
+    let destination: SocketAddr = SocketAddrV4::new(group.ipv4_multicast(), msd::SEED_PORT).into();
+
+    let padding = "p".repeat(100);
+    let keys = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
+    let metadata: BTreeMap<&str, &str> = keys.iter().map(|key| (*key, padding.as_str())).collect();
+    let timestamp_ms = u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+    let mut packet = Vec::new();
+    for (index, number) in numbers.iter().enumerate() {
+        let id = crowd_id(*number);
+        let announce = NativePacket {
+            kind: Some(NativeKind::Announce),
+            group: Some(group),
+            timestamp_ms,
+            id: Some(&id),
+            incarnation: Some(1),
+            sequence: Some(round),
+            ttl_ms: Some(600_000),
+            url: Some("http://127.0.0.1:9/"),
+            metadata: metadata.clone(),
+            ..NativePacket::default()
+        };
+        packet.clear();
+        announce.encode(None, &mut packet).unwrap();
+        socket.send_to(&packet, &destination.into()).unwrap();
+        // Paced at no more than 5,000 packets a second, which a debug build on a busy machine
+        // mostly keeps up with. The kernel drops what overflows the receive buffer, uncounted.
+        if index % 5 == 4 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Returns the resident memory of a process in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("VmRSS in /proc/PID/status");
+    let kilobytes: u64 = line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).expect("VmRSS value");
+    kilobytes * 1024
+}
+
+/// Opens an event stream with a 4 KiB receive buffer and never reads from it.
+fn stalled_event_client(listen: &str) -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address: SocketAddr = listen.parse().unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut stream: TcpStream = socket.try_clone().unwrap().into();
+    stream.write_all(b"GET /v1/events HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    socket
+}
+
+/// Event-stream clients that never read: at most 64 are served, the next gets 503 and is
+/// counted, the stalled ones use a bounded amount of the server's memory, and other requests
+/// are still served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_clients_limited_and_bounded() {
+    const LIMIT: usize = 64;
+    let group = new_group();
+    let server = Server::start_with(&group, &["--rate-limit", "0"], None).await;
+
+    // Announces sent again to the instances still missing, until the table has them all.
+    let mut missing: Vec<usize> = (0..CROWD).collect();
+    let deadline = Instant::now() + 3 * WAIT;
+    for round in 1.. {
+        announce_crowd(&group, &missing, round);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, body) = server.get("/v1/instances").await;
+        let present: std::collections::BTreeSet<&str> =
+            body.as_array().unwrap().iter().filter_map(|entry| entry["id"].as_str()).collect();
+        missing.retain(|number| !present.contains(crowd_id(*number).as_str()));
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the table never had all {CROWD} instances: {} missing", missing.len());
+    }
+    let snapshot_bytes = server.client.get(server.url("/v1/instances")).send().await.unwrap().bytes().await.unwrap().len();
+    let pid = server.process.0.id();
+    let before = resident_bytes(pid);
+
+    let stalled: Vec<socket2::Socket> = (0..LIMIT).map(|_| stalled_event_client(&server.listen)).collect();
+    // Other requests are still served while the streams open. Their speed is a benchmark's
+    // business, not this test's.
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if metrics.contains(&format!("msd_sse_clients {LIMIT}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stalled clients never all opened:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, body) = server.get("/v1/events").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains(&LIMIT.to_string()), "{body}");
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("msd_sse_rejected_clients_total 1"), "{metrics}");
+
+    // Let every stalled stream fill the buffers it can, then measure the memory they use.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        let (status, _) = server.get("/healthz").await;
+        assert_eq!(status, 200);
+    }
+    let grown = resident_bytes(pid).saturating_sub(before);
+    let all_snapshots = u64::try_from(snapshot_bytes * LIMIT).unwrap();
+    assert!(grown < all_snapshots / 3, "stalled clients grew the server by {grown} bytes; a snapshot is {snapshot_bytes}");
+
+    // Closed streams free their places.
+    drop(stalled);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = server.client.get(server.url("/v1/events")).send().await.unwrap();
+        if response.status().as_u16() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "places were not freed: {}", response.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -4,8 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use msd::{Health, InstanceInfo};
@@ -27,8 +32,12 @@ impl ApiError {
         ApiError { status, message: message.into() }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 }
 
@@ -45,6 +54,49 @@ impl IntoResponse for ApiError {
 impl From<msd::Error> for ApiError {
     fn from(error: msd::Error) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("discoverer unavailable: {error}"))
+    }
+}
+
+/// The query string as name-value pairs, percent-decoded.
+pub(crate) struct Parameters(pub(crate) Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Parameters {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::bad_request(format!("invalid query string: {}", rejection.body_text())))?;
+        Ok(Parameters(pairs))
+    }
+}
+
+impl Parameters {
+    /// Rejects every parameter, for a route that takes none.
+    pub(crate) fn reject_all(&self, route: &str) -> Result<(), ApiError> {
+        match self.0.first() {
+            None => Ok(()),
+            Some((name, _)) => Err(ApiError::bad_request(format!("unknown query parameter {name:?}: {route} takes no parameters"))),
+        }
+    }
+}
+
+/// The `{id}` segment of `/v1/instances/{id}`, percent-decoded.
+pub(crate) struct InstanceId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for InstanceId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(InstanceId(id)),
+            Err(PathRejection::FailedToDeserializePathParams(error))
+                if matches!(error.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+            {
+                Err(ApiError::bad_request("invalid instance id in the path: it is not UTF-8 after percent-decoding"))
+            }
+            Err(rejection) => Err(ApiError::new(rejection.status(), format!("invalid instance id in the path: {}", rejection.body_text()))),
+        }
     }
 }
 
@@ -108,20 +160,43 @@ impl Filter {
     }
 }
 
-pub(crate) async fn instances(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<Vec<(String, String)>>,
-) -> Result<Json<Vec<InstanceJson>>, ApiError> {
+pub(crate) async fn instances(State(state): State<Arc<AppState>>, Parameters(query): Parameters) -> Result<Response, ApiError> {
     let (filter, _) = Filter::parse(&query, &[])?;
     let now = now();
     let list = state.discoverer.instances().await?;
-    Ok(Json(list.iter().filter(|info| filter.matches(info)).map(|info| InstanceJson::new(info, now)).collect()))
+    json_off_workers(move || {
+        list.iter().filter(|info| filter.matches(info)).map(|info| InstanceJson::new(info, now)).collect::<Vec<_>>()
+    })
+    .await
+}
+
+/// Builds and serializes a body on the blocking pool. A body that lists the whole table takes
+/// time in proportion to it, and on an async worker that time would delay every other request
+/// that worker serves, `/healthz` included.
+async fn json_off_workers<T, F>(build: F) -> Result<Response, ApiError>
+where
+    T: Serialize,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let body = tokio::task::spawn_blocking(move || serde_json::to_vec(&build()))
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "failed to build a response body");
+            ApiError::internal(format!("failed to build the response: {error}"))
+        })?
+        .map_err(|error| {
+            tracing::error!(%error, "failed to serialize a response body");
+            ApiError::internal(format!("failed to serialize the response: {error}"))
+        })?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub(crate) async fn instance(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    InstanceId(id): InstanceId,
+    parameters: Parameters,
 ) -> Result<Json<InstanceJson>, ApiError> {
+    parameters.reject_all("/v1/instances/{id}")?;
     let list = state.discoverer.instances().await?;
     let info = list
         .iter()
@@ -132,10 +207,7 @@ pub(crate) async fn instance(
 
 /// Picks one serving instance: `strategy=random` (default) or `weighted` (by announced weight,
 /// 1 when none). Draining and failing instances are never picked.
-pub(crate) async fn pick(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<Vec<(String, String)>>,
-) -> Result<Json<InstanceJson>, ApiError> {
+pub(crate) async fn pick(State(state): State<Arc<AppState>>, Parameters(query): Parameters) -> Result<Json<InstanceJson>, ApiError> {
     if query.iter().any(|(name, _)| name == "health") {
         return Err(ApiError::bad_request(
             "invalid query parameter \"health\": /v1/pick chooses serving instances only; use /v1/instances to filter by health",
@@ -190,10 +262,11 @@ pub(crate) struct TargetGroup {
 }
 
 /// Prometheus HTTP service discovery: one target group per instance whose URL has a host,
-/// labelled with its id, health, protocol and metadata.
-pub(crate) async fn prometheus_sd(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TargetGroup>>, ApiError> {
+/// labelled with its id, health, protocol and metadata. Takes the filters of `/v1/instances`.
+pub(crate) async fn prometheus_sd(State(state): State<Arc<AppState>>, Parameters(query): Parameters) -> Result<Response, ApiError> {
+    let (filter, _) = Filter::parse(&query, &[])?;
     let list = state.discoverer.instances().await?;
-    Ok(Json(list.iter().filter_map(target_group).collect()))
+    json_off_workers(move || list.iter().filter(|info| filter.matches(info)).filter_map(target_group).collect::<Vec<_>>()).await
 }
 
 fn target_group(info: &InstanceInfo) -> Option<TargetGroup> {
@@ -227,22 +300,59 @@ fn label_name(key: &str) -> String {
     key.chars().map(|character| if character.is_ascii_alphanumeric() { character } else { '_' }).collect()
 }
 
-pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    match state.discoverer.stats().await {
-        Ok(_) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
-        Err(error) => ApiError::from(error).into_response(),
-    }
+pub(crate) async fn healthz(State(state): State<Arc<AppState>>, parameters: Parameters) -> Result<Response, ApiError> {
+    parameters.reject_all("/healthz")?;
+    state.discoverer.stats().await?;
+    Ok((StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response())
 }
 
-pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>, parameters: Parameters) -> Result<Response, ApiError> {
+    parameters.reject_all("/metrics")?;
     let stats = state.discoverer.stats().await?;
     let list = state.discoverer.instances().await?;
-    let text = state.metrics.render(&list, &stats);
+    let text = state.metrics.render(&list, &stats, state.event_clients.open());
     Ok(([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/instances, /v1/pick, /v1/events, /v1/prometheus-sd, /metrics, /healthz")
+}
+
+/// Maximum size of a plain-text error body that [`json_errors`] copies into the JSON message.
+/// Axum's rejections are one short line.
+const PLAIN_ERROR_LIMIT: usize = 4096;
+
+/// Gives every error response a JSON body and keeps its headers. The handlers' own errors are
+/// JSON already, but axum's rejections and its 405 for a known path with another method come as
+/// plain text or empty.
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
+        return response;
+    }
+
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, PLAIN_ERROR_LIMIT).await.map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned());
+    // Axum adds the `Allow` header after this layer has run, so the message points to it.
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        format!("method {method} is not allowed on this path; the Allow header lists the methods it accepts")
+    } else {
+        match text {
+            Ok(text) if !text.is_empty() => text,
+            _ => status.canonical_reason().unwrap_or("request failed").to_lowercase(),
+        }
+    };
+
+    let json = ApiError::new(status, message).into_response();
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.extend(json.headers().clone());
+    Response::from_parts(parts, json.into_body())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_some_and(|value| value.starts_with("application/json"))
 }
 
 fn now() -> Instant {
@@ -255,24 +365,8 @@ mod tests {
     use rand::SeedableRng;
 
     fn info(id: &str, health: Health, weight: Option<u32>, zone: &str) -> InstanceInfo {
-        let now = Instant::now();
-        InstanceInfo {
-            id: id.into(),
-            url: "http://10.0.0.1:8080/x".into(),
-            protocol: msd::Protocol::Native,
-            health,
-            weight,
-            load: None,
-            metadata: BTreeMap::from([("zone".to_owned(), zone.to_owned())]),
-            incarnation: Some(1),
-            sequence: Some(1),
-            ttl: None,
-            key_id: None,
-            interface: msd::InterfaceIndex(1),
-            source: "10.0.0.1:5".parse().unwrap(),
-            first_seen: now,
-            last_seen: now,
-        }
+        let metadata = BTreeMap::from([("zone".to_owned(), zone.to_owned())]);
+        InstanceInfo { health, weight, metadata, ..crate::testing::instance_info(id, "http://10.0.0.1:8080/x") }
     }
 
     fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

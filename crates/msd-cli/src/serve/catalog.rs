@@ -2,6 +2,7 @@
 //! server-sent events, and a broadcast of new changes.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use msd::{DownReason, Event, InstanceInfo};
@@ -42,8 +43,9 @@ impl ChangeKind {
 /// The starting point of a new event-stream client.
 #[derive(Debug)]
 pub(crate) enum Start {
-    /// The whole table, as of `sequence`.
-    Snapshot { sequence: u64, instances: Vec<InstanceInfo> },
+    /// The whole table, read page by page with [`Catalog::page`]. Every change up to `sequence`
+    /// is in it, and later ones may be too.
+    Snapshot { sequence: u64 },
     /// The changes after the client's last event, which are all still in the history.
     Resume { changes: Vec<Arc<Change>> },
 }
@@ -134,42 +136,34 @@ impl Catalog {
         });
         let start = match resume {
             Some(changes) => Start::Resume { changes },
-            None => Start::Snapshot { sequence: inner.sequence, instances: inner.instances.values().cloned().collect() },
+            None => Start::Snapshot { sequence: inner.sequence },
         };
         (start, receiver)
     }
 
-    /// Returns the table and its sequence number.
-    pub(crate) fn snapshot(&self) -> (u64, Vec<InstanceInfo>) {
+    /// Returns the sequence number of the latest change.
+    pub(crate) fn sequence(&self) -> u64 {
+        self.lock().sequence
+    }
+
+    /// Returns up to `limit` instances in id order, starting after the id `after` (from the
+    /// first when `None`).
+    ///
+    /// Event streams read a snapshot this way instead of copying the whole table, so a client
+    /// costs one page of memory however large the table is.
+    pub(crate) fn page(&self, after: Option<&str>, limit: usize) -> Vec<InstanceInfo> {
         let inner = self.lock();
-        (inner.sequence, inner.instances.values().cloned().collect())
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        inner.instances.range::<str, _>((start, Bound::Unbounded)).take(limit).map(|(_, info)| info.clone()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     fn info(id: &str) -> InstanceInfo {
-        let now = Instant::now();
-        InstanceInfo {
-            id: id.into(),
-            url: "http://a:1".into(),
-            protocol: msd::Protocol::Native,
-            health: msd::Health::Serving,
-            weight: None,
-            load: None,
-            metadata: BTreeMap::new(),
-            incarnation: Some(1),
-            sequence: Some(1),
-            ttl: None,
-            key_id: None,
-            interface: msd::InterfaceIndex(1),
-            source: "10.0.0.1:5".parse().unwrap(),
-            first_seen: now,
-            last_seen: now,
-        }
+        crate::testing::instance_info(id, "http://a:1")
     }
 
     #[test]
@@ -184,16 +178,40 @@ mod tests {
         assert_eq!(sequences, [2, 3]);
     }
 
+    /// Reads the whole table the way an event stream does.
+    fn all_pages(catalog: &Catalog, limit: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        loop {
+            let page = catalog.page(ids.last().map(String::as_str), limit);
+            let done = page.len() < limit;
+            ids.extend(page.into_iter().map(|info| info.id));
+            if done {
+                return ids;
+            }
+        }
+    }
+
     #[test]
     fn unknown_or_future_id_gets_snapshot() {
         let catalog = Catalog::new(vec![info("x")]);
         catalog.apply(Event::Up(info("a")));
         for last in [None, Some(99)] {
             let (start, _) = catalog.subscribe(last);
-            let Start::Snapshot { sequence, instances } = start else { panic!("expected snapshot for {last:?}") };
+            let Start::Snapshot { sequence } = start else { panic!("expected snapshot for {last:?}") };
             assert_eq!(sequence, 1);
-            assert_eq!(instances.len(), 2);
         }
+        assert_eq!(all_pages(&catalog, 10), ["a", "x"]);
+    }
+
+    #[test]
+    fn pages_cover_table_once() {
+        let catalog = Catalog::new((0..10).map(|number| info(&format!("i{number}"))).collect());
+        for limit in [1, 3, 5, 10, 11] {
+            let expected: Vec<String> = (0..10).map(|number| format!("i{number}")).collect();
+            assert_eq!(all_pages(&catalog, limit), expected, "pages of {limit}");
+        }
+        assert!(catalog.page(Some("i9"), 4).is_empty(), "nothing after the last id");
+        assert_eq!(catalog.page(Some("i45"), 1)[0].id, "i5", "an id that is gone still marks a place");
     }
 
     #[test]
@@ -217,7 +235,7 @@ mod tests {
         for number in 0..(CLIENT_BUFFER * 2) {
             catalog.apply(Event::Up(info(&format!("i{number}"))));
         }
-        assert_eq!(catalog.snapshot().0, (CLIENT_BUFFER * 2) as u64, "every change was applied");
+        assert_eq!(catalog.sequence(), (CLIENT_BUFFER * 2) as u64, "every change was applied");
         let lost = match stalled.try_recv() {
             Err(tokio::sync::broadcast::error::TryRecvError::Lagged(lost)) => lost,
             other => panic!("expected a lag report, got {other:?}"),
@@ -238,6 +256,6 @@ mod tests {
     fn down_removes_from_table() {
         let catalog = Catalog::new(vec![info("a")]);
         catalog.apply(Event::Down { instance: info("a"), reason: DownReason::Expired });
-        assert!(catalog.snapshot().1.is_empty());
+        assert!(catalog.page(None, 10).is_empty());
     }
 }

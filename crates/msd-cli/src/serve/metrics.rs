@@ -28,6 +28,8 @@ pub(crate) struct Metrics {
     discovery_latency: Histogram,
     http_requests: Family<Labels, Counter>,
     sse_lagged: Counter<u64, AtomicU64>,
+    sse_clients: Gauge,
+    sse_rejected: Counter<u64, AtomicU64>,
     /// Stats values already turned into counter increments.
     seen: Mutex<BTreeMap<String, u64>>,
 }
@@ -64,6 +66,14 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests served, by route and status", http_requests.clone());
         let sse_lagged = Counter::default();
         registry.register("sse_lagged_events", "Changes not sent to slow event-stream clients, which got a fresh snapshot instead", sse_lagged.clone());
+        let sse_clients = Gauge::default();
+        registry.register("sse_clients", "Open event-stream clients", sse_clients.clone());
+        let sse_rejected = Counter::default();
+        registry.register(
+            "sse_rejected_clients",
+            "Event-stream requests rejected with 503 because the client limit was reached",
+            sse_rejected.clone(),
+        );
         Metrics {
             registry,
             instances,
@@ -76,6 +86,8 @@ impl Metrics {
             discovery_latency,
             http_requests,
             sse_lagged,
+            sse_clients,
+            sse_rejected,
             seen: Mutex::new(BTreeMap::new()),
         }
     }
@@ -100,8 +112,13 @@ impl Metrics {
         self.sse_lagged.inc_by(missed);
     }
 
+    pub(crate) fn count_sse_rejected(&self) {
+        self.sse_rejected.inc();
+    }
+
     /// Renders the text format, after bringing the gauges and the stats-based counters up to date.
-    pub(crate) fn render(&self, instances: &[InstanceInfo], stats: &Stats) -> String {
+    pub(crate) fn render(&self, instances: &[InstanceInfo], stats: &Stats, sse_clients: usize) -> String {
+        self.sse_clients.set(i64::try_from(sse_clients).unwrap_or(i64::MAX));
         for health in [Health::Serving, Health::Draining, Health::Failing] {
             let count = instances.iter().filter(|info| info.health == health).count();
             self.instances.get_or_create(&vec![("health", health.as_str().to_owned())]).set(count as i64);
@@ -133,6 +150,11 @@ impl Metrics {
                 ("probe", received.probe, sent.probe),
                 ("other", received.other, sent.other),
             ] {
+                // The seed protocol has no PROBE, and a native packet of an unknown kind is
+                // rejected rather than counted, so these pairs would only ever show zeros.
+                if matches!((protocol, kind), ("seed", "probe") | ("native", "other")) {
+                    continue;
+                }
                 let labels = vec![("protocol", protocol.to_owned()), ("kind", kind.to_owned())];
                 add(format!("in/{protocol}/{kind}"), count_in, &self.packets_in.get_or_create(&labels));
                 add(format!("out/{protocol}/{kind}"), count_out, &self.packets_out.get_or_create(&labels));
@@ -146,6 +168,7 @@ impl Metrics {
             ("receive_error", stats.receive_errors),
             ("foreign_interface", stats.foreign_interface),
             ("off_link", stats.off_link),
+            ("receive_queue_full", stats.receive_queue_drops),
         ] {
             add(format!("rejected/{reason}"), count, &self.rejections.get_or_create(&vec![("reason", reason.to_owned())]));
         }

@@ -1,5 +1,17 @@
 //! `msd serve`: a discoverer with an HTTP face: JSON API, server-sent events, Prometheus service
 //! discovery and metrics, and a live dashboard.
+//!
+//! Query parameters: `/v1/instances` and `/v1/prometheus-sd` take the filters `health`,
+//! `protocol` and `metadata.KEY`, and `/v1/pick` takes them (except `health`) and `strategy`.
+//! `/v1/events`, `/v1/instances/{id}`, `/metrics` and `/healthz` take none. The event stream is
+//! not filtered on the server, because an instance that leaves a filter would need a `down` event
+//! that the discoverer never sent, so clients filter events themselves. Any other parameter is
+//! rejected with 400 and named in the message. The dashboard page at `/` ignores its query
+//! string.
+//!
+//! Every error response has a JSON body, `{"error": "..."}`, including axum's own rejections
+//! (405 keeps its `Allow` header). Malformed HTTP that hyper rejects before routing is the
+//! exception: hyper closes the connection with a bare status.
 
 mod api;
 pub(crate) mod catalog;
@@ -28,12 +40,14 @@ use metrics::Metrics;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+
 /// State shared by every handler.
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub(crate) discoverer: Discoverer,
     pub(crate) catalog: Catalog,
     pub(crate) metrics: Metrics,
+    pub(crate) event_clients: sse::ClientLimit,
     /// Becomes true when the server shuts down, which ends the event streams so that graceful
     /// shutdown does not wait for them forever.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
@@ -55,7 +69,13 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let discoverer = apply_discovery(&args.discovery, builder)?.start().await?;
     let (initial, events) = discoverer.watch().await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let state = Arc::new(AppState { discoverer, catalog: Catalog::new(initial), metrics: Metrics::new(), stopping });
+    let state = Arc::new(AppState {
+        discoverer,
+        catalog: Catalog::new(initial),
+        metrics: Metrics::new(),
+        event_clients: sse::ClientLimit::new(args.max_event_clients.get()),
+        stopping,
+    });
     let pump = tokio::spawn(pump_events(Arc::clone(&state), events));
     let reloader = tokio::spawn(reload_on_hangup(Arc::clone(&state), hangups, args.network.key_file.clone()));
 
@@ -87,11 +107,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .fallback(api::not_found)
+        .layer(middleware::from_fn(api::json_errors))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), access_log))
         .with_state(state)
 }
 
 /// Logs one line per request at info, and counts it.
+///
+/// The method and path come from the client, so they are logged with `Debug`, which quotes the
+/// path and escapes control characters. A request therefore cannot forge a log line.
 async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -100,7 +124,7 @@ async fn access_log(State(state): State<Arc<AppState>>, request: Request, next: 
     let response = next.run(request).await;
     let status = response.status().as_u16();
     state.metrics.count_request(&route, status);
-    info!(%method, path, status, elapsed_us = started.elapsed().as_micros(), "request");
+    info!(method = ?method, path = ?path, status, elapsed_us = started.elapsed().as_micros(), "request");
     response
 }
 
