@@ -405,8 +405,8 @@ fn steady_traffic(
     );
 }
 
-/// One `msd announce` of the measured group, in a host that drops nothing, so that it receives
-/// every heartbeat of the group.
+/// One `msd announce` of the measured group, in a host that drops nothing, so that every heartbeat
+/// of the group reaches its group socket (whose filter then drops it in the kernel).
 struct AnnounceProbe {
     process: LabChild,
 }
@@ -497,7 +497,7 @@ fn report_probe(
         format!("one msd announce among {total} instances: CPU"),
         "ms/s",
         Summary::of(&loaded_cpu),
-        format!("{cpu_note}; it receives and drops every heartbeat of the group"),
+        format!("{cpu_note}; every heartbeat of the group reaches its socket filter"),
     );
 }
 
