@@ -98,7 +98,7 @@ impl NativeKind {
         })
     }
 
-    /// The kind's byte on the wire.
+    /// Returns the kind's byte on the wire.
     pub fn to_u8(self) -> u8 {
         match self {
             NativeKind::Discover => 1,

@@ -146,7 +146,7 @@ impl DiscovererBuilder {
     /// Fails on invalid intervals, an interface that does not exist, or a port held by a program
     /// that does not share it.
     pub async fn start(mut self) -> Result<Discoverer, Error> {
-        // Every instance answers every DISCOVER, so a short interval multiplies into a flood.
+        // Every instance replies to every DISCOVER, so a short interval multiplies into a flood.
         crate::instance::at_least("discover interval", self.engine.discover_interval, MIN_DISCOVER_INTERVAL)?;
         crate::instance::at_least("expiry", self.engine.expire_after, MIN_EXPIRE_AFTER)?;
         crate::instance::at_least("probe interval", self.engine.probe_interval, MIN_PROBE_INTERVAL)?;
@@ -169,11 +169,11 @@ impl DiscovererBuilder {
     }
 }
 
-/// Shortest interval between DISCOVER rounds accepted.
+/// Minimum interval between DISCOVER rounds.
 pub const MIN_DISCOVER_INTERVAL: Duration = Duration::from_secs(1);
-/// Shortest silence before a seed entry is probed that is accepted.
+/// Minimum silence before a seed entry is probed.
 pub const MIN_EXPIRE_AFTER: Duration = Duration::from_millis(100);
-/// Shortest gap between probes accepted.
+/// Minimum gap between probes.
 pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A running discoverer: keeps the table of live instances of one group and publishes changes.

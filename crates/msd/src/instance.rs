@@ -164,12 +164,12 @@ impl InstanceBuilder {
     }
 }
 
-/// Shortest heartbeat interval accepted.
+/// Minimum heartbeat interval.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
-/// Shortest interval between unsolicited seed announcements accepted.
-pub const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Minimum interval between unsolicited seed announcements.
+pub const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Fails when `value` of `setting` is below `min`.
+/// Returns an invalid-setting error when `value` of `setting` is below `min`.
 pub(crate) fn at_least(setting: &'static str, value: Duration, min: Duration) -> Result<(), Error> {
     if value < min {
         return Err(Error::invalid(setting, format!("{value:?} is below the minimum of {min:?}")));

@@ -71,7 +71,7 @@ pub(crate) fn keep_only_discovers(socket: &UdpSocket) -> io::Result<()> {
     SockRef::from(socket).attach_filter(&discover_filter())
 }
 
-/// The program of [`keep_only_discovers`]. For a UDP socket, offset 0 is the start of the UDP
+/// Returns the program of [`keep_only_discovers`]. For a UDP socket, offset 0 is the start of the UDP
 /// header, so the payload starts at offset 8.
 fn discover_filter() -> [SockFilter; 10] {
     // Opcodes from linux/filter.h.
