@@ -83,6 +83,11 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_PROXY_DRAIN_TIMEOUT", default_value = "30s")]
     pub(crate) drain_timeout: String,
 
+    /// Most client connections open at once, each with its instance connection; further clients
+    /// wait until one closes
+    #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_PROXY_MAX_CONNECTIONS", default_value = "1024")]
+    pub(crate) max_connections: std::num::NonZeroUsize,
+
     #[command(flatten)]
     pub(crate) discovery: DiscoveryArgs,
 }
@@ -99,6 +104,15 @@ pub(crate) struct ServeArgs {
     /// Most /v1/events clients served at once; further ones get 503 with a JSON error
     #[arg(long, value_name = "COUNT", env = "MSD_MAX_EVENT_CLIENTS", default_value = "64")]
     pub(crate) max_event_clients: std::num::NonZeroUsize,
+
+    /// Most HTTP connections open at once; further clients wait until one closes
+    #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_MAX_CONNECTIONS", default_value = "1024")]
+    pub(crate) max_connections: std::num::NonZeroUsize,
+
+    /// Time a connection may wait to read or write with nothing moving before it is closed
+    /// (at least 1s); event streams send a comment every third of it, at most every 15s
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_IDLE_TIMEOUT", default_value = "60s")]
+    pub(crate) idle_timeout: String,
 
     #[command(flatten)]
     pub(crate) discovery: DiscoveryArgs,

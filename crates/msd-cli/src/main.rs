@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod config;
+mod connections;
 mod exit;
 mod output;
 mod proxy;

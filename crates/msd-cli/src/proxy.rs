@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::args::ProxyArgs;
 use crate::commands::{hangup_signals, StopSignals};
+use crate::connections::{ConnectionLimit, LimitedListener};
 use crate::exit::CliError;
 use crate::settings::{apply_discovery, parse_duration, parse_metadata, usage, Network};
 
@@ -41,6 +42,12 @@ const COOLDOWN: Duration = Duration::from_secs(2);
 /// only counted, and the count goes out with the next warning logged.
 const WARNINGS_PER_SECOND: u32 = 5;
 
+/// Maximum number of connections open at once to the metrics server.
+const METRICS_CONNECTIONS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16).unwrap();
+
+/// Silence after which a connection to the metrics server is closed.
+const METRICS_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Settings of the proxy after validation.
 #[derive(Debug)]
 struct Settings {
@@ -50,6 +57,7 @@ struct Settings {
     attempts: usize,
     port_key: Option<String>,
     drain_timeout: Duration,
+    max_connections: std::num::NonZeroUsize,
 }
 
 /// One instance the proxy can forward to.
@@ -98,6 +106,8 @@ struct Proxy {
     cooling: Mutex<BTreeMap<String, Instant>>,
     warnings: Mutex<WarningLimit>,
     metrics: ProxyMetrics,
+    /// Places for client connections. Each place also covers that client's instance connection.
+    connections: Arc<ConnectionLimit>,
 }
 
 /// A fixed one-second window that admits at most [`WARNINGS_PER_SECOND`] warnings and counts
@@ -139,8 +149,13 @@ struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    fn new() -> Self {
+    fn new(limit: &ConnectionLimit) -> Self {
         let mut registry = Registry::with_prefix("msd_proxy");
+        registry.register(
+            "connection_waits",
+            "Clients that waited for a place because --max-connections connections were open",
+            limit.waits(),
+        );
         let connections = Family::<Labels, Counter>::default();
         registry.register("connections", "Client connections, by result (forwarded, no_backend)", connections.clone());
         let active = Family::<Labels, Gauge>::default();
@@ -184,23 +199,23 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
         None => None,
     };
 
-    info!(listen = %listener.local_addr().unwrap_or(proxy.settings.listen), group = %network.group, strategy = %args.strategy, "proxying");
+    info!(
+        listen = %listener.local_addr().unwrap_or(proxy.settings.listen),
+        group = %network.group,
+        strategy = %args.strategy,
+        max_connections = proxy.connections.max(),
+        "proxying"
+    );
     let connections = connection_tracker();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    let proxy = Arc::clone(&proxy);
-                    let guard = connections.clone();
-                    tokio::spawn(async move {
-                        proxy.handle(client, peer).await;
-                        drop(guard);
-                    });
-                }
-                Err(error) => {
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            (client, peer, place) = proxy.connections.accept(&listener) => {
+                let proxy = Arc::clone(&proxy);
+                let guard = connections.clone();
+                tokio::spawn(async move {
+                    proxy.handle(client, peer).await;
+                    drop((guard, place));
+                });
             },
             signal = stop.wait() => {
                 info!(signal, "shutting down; waiting for open connections");
@@ -266,6 +281,7 @@ fn settings(args: &ProxyArgs) -> Result<Settings, CliError> {
         attempts: args.attempts,
         port_key: args.port_metadata.clone(),
         drain_timeout: parse_duration("--drain-timeout", &args.drain_timeout)?,
+        max_connections: args.max_connections,
     })
 }
 
@@ -278,7 +294,10 @@ async fn follow(proxy: Arc<Proxy>, mut events: msd::Events) {
 
 impl Proxy {
     fn new(settings: Settings, balancer: Balancer) -> Self {
+        let connections = ConnectionLimit::new(settings.max_connections, Some("--max-connections"));
         Proxy {
+            metrics: ProxyMetrics::new(&connections),
+            connections,
             settings,
             balancer,
             backends: RwLock::new(BTreeMap::new()),
@@ -286,7 +305,6 @@ impl Proxy {
             unusable: Mutex::new(BTreeSet::new()),
             cooling: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(WarningLimit::default()),
-            metrics: ProxyMetrics::new(),
         }
     }
 
@@ -542,6 +560,9 @@ async fn serve_metrics(proxy: Arc<Proxy>, address: SocketAddr) -> Result<tokio::
     let listener = TcpListener::bind(address)
         .await
         .map_err(|error| CliError::Failure(format!("failed to listen on {address} for metrics: {error}")))?;
+    // A small, fixed budget: the metrics server has one scraper or a few.
+    let limit = ConnectionLimit::new(METRICS_CONNECTIONS, None);
+    let listener = LimitedListener::new(listener, limit, METRICS_IDLE_TIMEOUT);
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -633,6 +654,7 @@ mod tests {
             attempts: 3,
             port_key: None,
             drain_timeout: Duration::from_secs(1),
+            max_connections: std::num::NonZeroUsize::new(8).unwrap(),
         };
         Proxy::new(settings, Balancer::new(Strategy::PowerOfTwoChoices))
     }

@@ -273,3 +273,83 @@ fn config_file_sets_flags() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("unknown setting `heartbeat`"), "{message}");
 }
+
+/// Echoes every line back on each connection, on an ephemeral loopback port.
+fn echo_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::io::Write::write_all(&mut writer, format!("{line}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends one line through `connection` and returns the line that comes back, or the error.
+fn echo(connection: &mut std::net::TcpStream, text: &str) -> std::io::Result<String> {
+    std::io::Write::write_all(connection, format!("{text}\n").as_bytes())?;
+    let mut reader = BufReader::new(connection.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// With `--max-connections 1`, a second client is not forwarded while the first is open, and
+/// is forwarded as soon as the first closes.
+#[test]
+fn proxy_waits_over_connection_limit() {
+    let group = new_group();
+    let backend = echo_server();
+    let url = format!("tcp://127.0.0.1:{backend}");
+    let mut announce = loopback(&group, "announce");
+    announce.extend(["--id", "echo-1", "--url", &url]);
+    let _instance = Msd::start(&announce);
+
+    let listen_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{listen_port}");
+    let mut args = loopback(&group, "proxy");
+    args.extend(["--listen", &listen, "--max-connections", "1", "--metrics-listen", "127.0.0.1:0"]);
+    let proxy = Msd::start(&args);
+    proxy.wait_for(0, |line| line.contains("proxying")).unwrap_or_else(|| panic!("the proxy never started:\n{}", proxy.output()));
+
+    // The first client is forwarded once the proxy has discovered the instance.
+    let deadline = Instant::now() + WAIT;
+    let mut first = loop {
+        let mut connection = std::net::TcpStream::connect(&listen).unwrap();
+        connection.set_read_timeout(Some(WAIT)).unwrap();
+        if echo(&mut connection, "one").is_ok_and(|line| line == "one") {
+            break connection;
+        }
+        assert!(Instant::now() < deadline, "the proxy never forwarded a client:\n{}", proxy.output());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let mut second = std::net::TcpStream::connect(&listen).unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let waiting = echo(&mut second, "two");
+    assert!(
+        waiting.as_ref().is_err_and(|error| matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the second client was answered while the only place was taken: {waiting:?}"
+    );
+    assert_eq!(echo(&mut first, "still").unwrap(), "still");
+
+    drop(first);
+    second.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(second.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), "two", "the waiting client was not forwarded once the first closed");
+    assert!(
+        proxy.wait_for(0, |line| line.contains("connection limit reached")).is_some(),
+        "no warning that the limit was reached:\n{}",
+        proxy.output()
+    );
+}

@@ -528,3 +528,82 @@ async fn event_clients_limited_and_bounded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Sends a GET of `path` with `Connection: close` and returns the status and body, retrying
+/// the connect until the server listens.
+fn get_when_listening(listen: &str, path: &str) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(listen).is_err() {
+        assert!(Instant::now() < deadline, "msd serve never listened on {listen}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let (status, _, body) = raw_request(listen, request.as_bytes());
+    (status, body)
+}
+
+/// Returns the value of a metric line `name value` in the text format.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A client over `--max-connections` waits until a place frees instead of being served or
+/// refused, and connections that send nothing are closed after `--idle-timeout`, which frees
+/// their places.
+#[test]
+fn connection_limit_and_idle_close() {
+    let group = new_group();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["serve", "--group", &group, "--interface", "lo", "--ipv4", "--listen", &listen, "--max-connections", "2", "--idle-timeout", "10s"];
+    let _server = msd(&args);
+    let (status, _) = get_when_listening(&listen, "/healthz");
+    assert_eq!(status, 200);
+
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&listen).unwrap()).collect();
+    let waiting = std::thread::spawn({
+        let listen = listen.clone();
+        move || get_when_listening(&listen, "/healthz")
+    });
+    // Both places are taken by connections that send nothing, so the request must still wait
+    // (the idle timeout is ten times longer than this pause).
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!waiting.is_finished(), "a third connection was served while two held the places");
+
+    for mut connection in silent {
+        connection.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buffer = [0u8; 64];
+        let read = connection.read(&mut buffer);
+        assert!(matches!(read, Ok(0)) || read.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionReset), "a silent connection was not closed: {read:?}");
+    }
+    let (status, _) = waiting.join().unwrap();
+    assert_eq!(status, 200, "the waiting request was not served once places were free");
+
+    let (status, metrics) = get_when_listening(&listen, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&metrics, "msd_http_idle_connections_closed_total"), Some(2), "{metrics}");
+    assert!(metric(&metrics, "msd_http_connection_waits_total").is_some_and(|waits| waits >= 1), "{metrics}");
+    // The scrape's own connection is open while the metrics are rendered.
+    assert!(metric(&metrics, "msd_http_connections").is_some_and(|open| open >= 1), "{metrics}");
+}
+
+/// An event stream with no changes to send is kept open past the idle timeout by its comment
+/// lines.
+#[tokio::test]
+async fn quiet_event_stream_outlives_idle_timeout() {
+    let group = new_group();
+    let server = Server::start_with(&group, &["--idle-timeout", "1s"], None).await;
+    let mut response = server.client.get(server.url("/v1/events")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut buffer = String::new();
+    let snapshot = read_events(&mut response, &mut buffer, 1).await;
+    assert_eq!(snapshot[0].0, "snapshot");
+
+    let mut comments = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let chunk = tokio::time::timeout(WAIT, response.chunk()).await.expect("no byte for a long time").unwrap();
+        let chunk = chunk.expect("the stream ended although comment lines kept it busy");
+        comments += String::from_utf8_lossy(&chunk).matches(":\n\n").count();
+    }
+    assert!(comments >= 1, "no comment line in 3 s with a 1 s idle timeout");
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use msd::{Health, InstanceInfo, Stats};
 use prometheus_client::encoding::text::encode;
@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::connections::ConnectionLimit;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -30,12 +32,14 @@ pub(crate) struct Metrics {
     sse_lagged: Counter<u64, AtomicU64>,
     sse_clients: Gauge,
     sse_rejected: Counter<u64, AtomicU64>,
+    connections: Arc<ConnectionLimit>,
+    connections_open: Gauge,
     /// Stats values already turned into counter increments.
     seen: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(connections: &Arc<ConnectionLimit>) -> Self {
         let mut registry = Registry::with_prefix("msd");
         let instances = Family::<Labels, Gauge>::default();
         registry.register("instances", "Live instances by health", instances.clone());
@@ -74,6 +78,14 @@ impl Metrics {
             "Event-stream requests rejected with 503 because the client limit was reached",
             sse_rejected.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register("http_connections", "Open HTTP connections", connections_open.clone());
+        registry.register(
+            "http_connection_waits",
+            "Clients that waited for a place because --max-connections connections were open",
+            connections.waits(),
+        );
+        registry.register("http_idle_connections_closed", "HTTP connections closed by --idle-timeout", connections.idle_closed());
         Metrics {
             registry,
             instances,
@@ -88,6 +100,8 @@ impl Metrics {
             sse_lagged,
             sse_clients,
             sse_rejected,
+            connections: Arc::clone(connections),
+            connections_open,
             seen: Mutex::new(BTreeMap::new()),
         }
     }
@@ -119,6 +133,7 @@ impl Metrics {
     /// Renders the text format, after bringing the gauges and the stats-based counters up to date.
     pub(crate) fn render(&self, instances: &[InstanceInfo], stats: &Stats, sse_clients: usize) -> String {
         self.sse_clients.set(i64::try_from(sse_clients).unwrap_or(i64::MAX));
+        self.connections_open.set(i64::try_from(self.connections.open()).unwrap_or(i64::MAX));
         for health in [Health::Serving, Health::Draining, Health::Failing] {
             let count = instances.iter().filter(|info| info.health == health).count();
             self.instances.get_or_create(&vec![("health", health.as_str().to_owned())]).set(count as i64);

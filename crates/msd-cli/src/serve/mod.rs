@@ -33,13 +33,21 @@ use tracing::{info, warn};
 
 use crate::args::ServeArgs;
 use crate::commands::{hangup_signals, StopSignals};
+use crate::connections::{ConnectionLimit, LimitedListener};
 use crate::exit::CliError;
-use crate::settings::{apply_discovery, Network};
+use crate::settings::{apply_discovery, parse_duration, Network};
 use catalog::Catalog;
 use metrics::Metrics;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// Longest silence on an event stream before a comment line is sent, so that proxies keep the
+/// connection open.
+const MAX_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Shortest `--idle-timeout`: below it, the keep-alive comments of idle event streams would
+/// become a noticeable load.
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// State shared by every handler.
 #[derive(Debug)]
@@ -48,6 +56,9 @@ pub(crate) struct AppState {
     pub(crate) catalog: Catalog,
     pub(crate) metrics: Metrics,
     pub(crate) event_clients: sse::ClientLimit,
+    /// Silence after which an event stream sends a comment line: a third of the idle timeout,
+    /// so that an idle stream is never closed, and at most [`MAX_KEEP_ALIVE`].
+    pub(crate) keep_alive: Duration,
     /// Becomes true when the server shuts down, which ends the event streams so that graceful
     /// shutdown does not wait for them forever.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
@@ -59,6 +70,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         .listen
         .parse()
         .map_err(|_| CliError::Usage(format!("invalid --listen {:?}: write an address and port such as 127.0.0.1:8080", args.listen)))?;
+    let idle_timeout = parse_duration("--idle-timeout", &args.idle_timeout)?;
+    if idle_timeout < MIN_IDLE_TIMEOUT {
+        return Err(CliError::Usage(format!("invalid --idle-timeout {:?}: it must be at least 1s", args.idle_timeout)));
+    }
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -69,11 +84,13 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let discoverer = apply_discovery(&args.discovery, builder)?.start().await?;
     let (initial, events) = discoverer.watch().await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let connections = ConnectionLimit::new(args.max_connections, Some("--max-connections"));
     let state = Arc::new(AppState {
         discoverer,
         catalog: Catalog::new(initial),
-        metrics: Metrics::new(),
+        metrics: Metrics::new(&connections),
         event_clients: sse::ClientLimit::new(args.max_event_clients.get()),
+        keep_alive: (idle_timeout / 3).min(MAX_KEEP_ALIVE),
         stopping,
     });
     let pump = tokio::spawn(pump_events(Arc::clone(&state), events));
@@ -81,8 +98,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
 
     let app = router(Arc::clone(&state));
     let local = listener.local_addr().unwrap_or(listen);
-    info!(listen = %local, group = %network.group, "serving");
-    let served = axum::serve(listener, app)
+    info!(listen = %local, group = %network.group, max_connections = connections.max(), idle_timeout = ?idle_timeout, "serving");
+    let served = axum::serve(LimitedListener::new(listener, connections, idle_timeout), app)
         .with_graceful_shutdown(async move {
             let signal = stop_signals.wait().await;
             info!(signal, "shutting down");

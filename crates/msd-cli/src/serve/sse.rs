@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -40,9 +40,6 @@ use crate::serve::AppState;
 /// Instances serialized into one body frame of a snapshot. Small, so that one page is a short
 /// piece of work on an async worker.
 const SNAPSHOT_PAGE: usize = 16;
-
-/// Silence after which a comment line is sent, so that proxies keep the connection open.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// `Retry-After` value, in seconds, of the 503 response for a client over the limit.
 const RETRY_AFTER_SECONDS: &str = "5";
@@ -177,7 +174,7 @@ impl Client {
                 Step::Follow => {
                     let received = tokio::select! {
                         received = self.receiver.recv() => received,
-                        () = tokio::time::sleep(KEEP_ALIVE) => return Some(Bytes::from_static(b":\n\n")),
+                        () = tokio::time::sleep(self.state.keep_alive) => return Some(Bytes::from_static(b":\n\n")),
                     };
                     match received {
                         Ok(change) if change.sequence <= self.sent_through => {}
