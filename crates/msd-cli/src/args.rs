@@ -83,10 +83,15 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_PROXY_DRAIN_TIMEOUT", default_value = "30s")]
     pub(crate) drain_timeout: String,
 
-    /// Most client connections open at once, each with its instance connection; further clients
-    /// wait until one closes
+    /// Most client connections open at once (at most 1,000,000), each with its instance
+    /// connection; further clients wait until one closes
     #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_PROXY_MAX_CONNECTIONS", default_value = "1024")]
     pub(crate) max_connections: std::num::NonZeroUsize,
+
+    /// Time a forwarded connection may pass with no byte moving in either direction before both
+    /// sides are closed (1s to 7 days)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_PROXY_IDLE_TIMEOUT", default_value = "10m")]
+    pub(crate) idle_timeout: String,
 
     #[command(flatten)]
     pub(crate) discovery: DiscoveryArgs,
@@ -105,14 +110,19 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "COUNT", env = "MSD_MAX_EVENT_CLIENTS", default_value = "64")]
     pub(crate) max_event_clients: std::num::NonZeroUsize,
 
-    /// Most HTTP connections open at once; further clients wait until one closes
+    /// Most HTTP connections open at once (at most 1,000,000); further clients wait until one
+    /// closes
     #[arg(long, value_name = "COUNT", allow_hyphen_values = true, env = "MSD_MAX_CONNECTIONS", default_value = "1024")]
     pub(crate) max_connections: std::num::NonZeroUsize,
 
     /// Time a connection may wait to read or write with nothing moving before it is closed
-    /// (at least 1s); event streams send a comment every third of it, at most every 15s
+    /// (1s to 7 days); event streams send a comment every third of it, at most every 15s
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_IDLE_TIMEOUT", default_value = "60s")]
     pub(crate) idle_timeout: String,
+
+    /// On SIGTERM, how long open requests may run before the server exits
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_DRAIN_TIMEOUT", default_value = "10s")]
+    pub(crate) drain_timeout: String,
 
     #[command(flatten)]
     pub(crate) discovery: DiscoveryArgs,

@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod connections;
 mod exit;
+mod http_server;
 mod output;
 mod proxy;
 mod serve;

@@ -21,13 +21,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::signal::unix::Signal;
 use tracing::{debug, info, warn};
 
 use crate::args::ProxyArgs;
 use crate::commands::{hangup_signals, StopSignals};
-use crate::connections::{ConnectionLimit, LimitedListener};
+use crate::connections::{bind, check_max_connections, is_local_exhaustion, parse_idle_timeout, raise_open_file_limit, Activity, ConnectionLimit, Watched};
+use crate::http_server;
 use crate::exit::CliError;
 use crate::settings::{apply_discovery, parse_duration, parse_metadata, usage, Network};
 
@@ -58,6 +59,7 @@ struct Settings {
     port_key: Option<String>,
     drain_timeout: Duration,
     max_connections: std::num::NonZeroUsize,
+    idle_timeout: Duration,
 }
 
 /// One instance the proxy can forward to.
@@ -145,6 +147,7 @@ struct ProxyMetrics {
     active: Family<Labels, Gauge>,
     connect_errors: Family<Labels, Counter>,
     unusable: Counter<u64, AtomicU64>,
+    local_errors: Counter<u64, AtomicU64>,
     bytes: Family<Labels, Counter>,
 }
 
@@ -152,9 +155,14 @@ impl ProxyMetrics {
     fn new(limit: &ConnectionLimit) -> Self {
         let mut registry = Registry::with_prefix("msd_proxy");
         registry.register(
-            "connection_waits",
-            "Clients that waited for a place because --max-connections connections were open",
-            limit.waits(),
+            "connection_limit_reached",
+            "Times an accepted client found all --max-connections places taken; clients queued behind it in the listen backlog are not counted",
+            limit.limit_reached(),
+        );
+        registry.register(
+            "idle_connections_closed",
+            "Forwarded connections closed because no byte moved for --idle-timeout",
+            limit.idle_closed(),
         );
         let connections = Family::<Labels, Counter>::default();
         registry.register("connections", "Client connections, by result (forwarded, no_backend)", connections.clone());
@@ -166,7 +174,13 @@ impl ProxyMetrics {
         registry.register("unusable_instances", "Instances skipped because their URL has no usable host and port", unusable.clone());
         let bytes = Family::<Labels, Counter>::default();
         registry.register("bytes", "Bytes forwarded, by direction", bytes.clone());
-        ProxyMetrics { registry, connections, active, connect_errors, unusable, bytes }
+        let local_errors = Counter::default();
+        registry.register(
+            "local_connect_errors",
+            "Connects to instances that failed because the proxy ran out of file descriptors, buffers or memory",
+            local_errors.clone(),
+        );
+        ProxyMetrics { registry, connections, active, connect_errors, unusable, local_errors, bytes }
     }
 }
 
@@ -179,9 +193,8 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), CliError> {
         balancer = balancer.with_metadata(key, value);
     }
 
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|error| CliError::Failure(format!("failed to listen on {}: {error}", settings.listen)))?;
+    raise_open_file_limit(settings.max_connections.get(), 2, "--max-connections");
+    let listener = bind(settings.listen).map_err(|error| CliError::Failure(format!("failed to listen on {}: {error}", settings.listen)))?;
     let mut stop = StopSignals::install()?;
     let hangups = hangup_signals()?;
     let builder = network.apply_discoverer(Discoverer::builder(network.group));
@@ -281,7 +294,8 @@ fn settings(args: &ProxyArgs) -> Result<Settings, CliError> {
         attempts: args.attempts,
         port_key: args.port_metadata.clone(),
         drain_timeout: parse_duration("--drain-timeout", &args.drain_timeout)?,
-        max_connections: args.max_connections,
+        max_connections: check_max_connections(args.max_connections)?,
+        idle_timeout: parse_idle_timeout("--idle-timeout", &args.idle_timeout)?,
     })
 }
 
@@ -396,7 +410,7 @@ impl Proxy {
         backends.get(&picked.id).cloned()
     }
 
-    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let started = Instant::now();
         let mut tried = BTreeSet::new();
         let mut upstream = None;
@@ -406,6 +420,11 @@ impl Proxy {
             match self.connect(&backend).await {
                 Ok(stream) => {
                     upstream = Some((backend, stream));
+                    break;
+                }
+                // The instance is not at fault, and another instance would fail the same way.
+                Err(error) if is_local_exhaustion(&error) => {
+                    self.local_exhaustion(peer, &error);
                     break;
                 }
                 Err(error) => self.connect_failed(&backend, peer, &error),
@@ -420,9 +439,17 @@ impl Proxy {
         let id = backend.info.id.clone();
         self.open(&id, 1);
         self.metrics.connections.get_or_create(&vec![("result", "forwarded".to_owned())]).inc();
-        let copied = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+        let activity = Activity::new();
+        let mut watched = Watched::new(client, Arc::clone(&activity));
+        let copied = tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut watched, &mut stream) => copied.map(|_| ()),
+            () = activity.idle_for(self.settings.idle_timeout) => {
+                self.connections.idle_closed().inc();
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no byte moved for the idle timeout"))
+            }
+        };
         self.open(&id, -1);
-        let (up, down) = copied.as_ref().map_or((0, 0), |(up, down)| (*up, *down));
+        let (up, down) = activity.bytes();
         self.metrics.bytes.get_or_create(&vec![("direction", "to_instance".to_owned())]).inc_by(up);
         self.metrics.bytes.get_or_create(&vec![("direction", "to_client".to_owned())]).inc_by(down);
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -430,6 +457,15 @@ impl Proxy {
         match copied {
             Ok(_) => info!(client = %peer, id = ?id, target = ?target, bytes_up = up, bytes_down = down, elapsed_ms, "connection"),
             Err(error) => info!(client = %peer, id = ?id, target = ?target, %error, elapsed_ms, "connection ended with an error"),
+        }
+    }
+
+    /// Logs a connect that failed because this process or host ran out of descriptors, buffers
+    /// or memory. It is not counted against the instance.
+    fn local_exhaustion(&self, peer: SocketAddr, error: &std::io::Error) {
+        self.metrics.local_errors.inc();
+        if let Some(suppressed) = self.admit_warning() {
+            warn!(client = %peer, %error, suppressed = nonzero(suppressed), "connect failed: the proxy is out of resources; closing the client connection");
         }
     }
 
@@ -557,12 +593,9 @@ fn target(info: &InstanceInfo, port_key: Option<&str>) -> Option<Target> {
 }
 
 async fn serve_metrics(proxy: Arc<Proxy>, address: SocketAddr) -> Result<tokio::task::JoinHandle<()>, CliError> {
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|error| CliError::Failure(format!("failed to listen on {address} for metrics: {error}")))?;
+    let listener = bind(address).map_err(|error| CliError::Failure(format!("failed to listen on {address} for metrics: {error}")))?;
     // A small, fixed budget: the metrics server has one scraper or a few.
     let limit = ConnectionLimit::new(METRICS_CONNECTIONS, None);
-    let listener = LimitedListener::new(listener, limit, METRICS_IDLE_TIMEOUT);
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -579,10 +612,9 @@ async fn serve_metrics(proxy: Arc<Proxy>, address: SocketAddr) -> Result<tokio::
         )
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }));
     info!(listen = %address, "serving proxy metrics");
+    // The task is aborted when the proxy stops, which closes the metrics connections with it.
     Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            warn!(%error, "metrics server failed");
-        }
+        http_server::serve(listener, &limit, METRICS_IDLE_TIMEOUT, app, std::future::pending()).await;
     }))
 }
 
@@ -655,6 +687,7 @@ mod tests {
             port_key: None,
             drain_timeout: Duration::from_secs(1),
             max_connections: std::num::NonZeroUsize::new(8).unwrap(),
+            idle_timeout: Duration::from_secs(60),
         };
         Proxy::new(settings, Balancer::new(Strategy::PowerOfTwoChoices))
     }

@@ -353,3 +353,76 @@ fn proxy_waits_over_connection_limit() {
         proxy.output()
     );
 }
+
+/// Accepts connections on an ephemeral loopback port and keeps them open without reading or
+/// writing, like a hung backend.
+fn hung_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().map_while(Result::ok) {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Sends `GET path` to an HTTP server on `address` and returns the whole response.
+fn http_get(address: &str, path: &str) -> String {
+    let mut connection = std::net::TcpStream::connect(address).unwrap();
+    connection.set_read_timeout(Some(WAIT)).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut connection, request.as_bytes()).unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut connection, &mut response).unwrap();
+    response
+}
+
+/// A client that sent its request and closed its side, in front of an instance that never
+/// answers, is closed after `--idle-timeout` and counted.
+#[test]
+fn proxy_closes_idle_connections() {
+    let group = new_group();
+    let backend = hung_server();
+    let url = format!("tcp://127.0.0.1:{backend}");
+    let mut announce = loopback(&group, "announce");
+    announce.extend(["--id", "hung-1", "--url", &url]);
+    let _instance = Msd::start(&announce);
+
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{}", free());
+    let metrics = format!("127.0.0.1:{}", free());
+    let mut args = loopback(&group, "proxy");
+    args.extend(["--listen", &listen, "--metrics-listen", &metrics, "--idle-timeout", "1s"]);
+    let proxy = Msd::start(&args);
+    proxy.wait_for(0, |line| line.contains("proxying")).unwrap_or_else(|| panic!("the proxy never started:\n{}", proxy.output()));
+    // Until the proxy has discovered the instance, clients are closed at once; then one is
+    // forwarded and stays open until the idle timeout.
+    let deadline = Instant::now() + WAIT;
+    let (closed, log) = loop {
+        let mut client = std::net::TcpStream::connect(&listen).unwrap();
+        let port = client.local_addr().unwrap().port();
+        // Both fail when the proxy has already closed the connection, which the log tells.
+        let _ = std::io::Write::write_all(&mut client, b"GET / HTTP/1.0\r\n\r\n");
+        let _ = client.shutdown(std::net::Shutdown::Write);
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let read = std::io::Read::read(&mut client, &mut [0u8; 16]);
+        let client = format!("client=127.0.0.1:{port} ");
+        let log = proxy
+            .wait_for(0, |line| line.contains(&client) && line.contains("connection"))
+            .unwrap_or_else(|| panic!("no log line for the client on port {port}:\n{}", proxy.output()));
+        if !log.contains("no serving instance could be reached") {
+            break (read, log);
+        }
+        assert!(Instant::now() < deadline, "the proxy never forwarded a client:\n{}", proxy.output());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(matches!(closed, Ok(0)), "the idle connection was not closed: {closed:?}\n{}", proxy.output());
+    assert!(log.contains("connection ended with an error"), "{log}");
+    assert!(log.contains("idle timeout"), "{log}");
+
+    let response = http_get(&metrics, "/metrics");
+    assert!(response.contains("msd_proxy_idle_connections_closed_total "), "{response}");
+    assert!(response.contains("msd_proxy_idle_connections_closed_total 1\n"), "{response}");
+}

@@ -581,7 +581,7 @@ fn connection_limit_and_idle_close() {
     let (status, metrics) = get_when_listening(&listen, "/metrics");
     assert_eq!(status, 200);
     assert_eq!(metric(&metrics, "msd_http_idle_connections_closed_total"), Some(2), "{metrics}");
-    assert!(metric(&metrics, "msd_http_connection_waits_total").is_some_and(|waits| waits >= 1), "{metrics}");
+    assert!(metric(&metrics, "msd_http_connection_limit_reached_total").is_some_and(|waits| waits >= 1), "{metrics}");
     // The scrape's own connection is open while the metrics are rendered.
     assert!(metric(&metrics, "msd_http_connections").is_some_and(|open| open >= 1), "{metrics}");
 }
@@ -606,4 +606,137 @@ async fn quiet_event_stream_outlives_idle_timeout() {
         comments += String::from_utf8_lossy(&chunk).matches(":\n\n").count();
     }
     assert!(comments >= 1, "no comment line in 3 s with a 1 s idle timeout");
+}
+
+/// Starts `msd serve` on the loopback interface with `extra` arguments, logging at info to
+/// `log`, and returns it with its listen address once it listens.
+fn serve_logging(extra: &[&str], log: &Path) -> (Process, String) {
+    let group = new_group();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["serve", "--group", &group, "--interface", "lo", "--ipv4", "--listen", &listen];
+    args.extend_from_slice(extra);
+    let server = msd_logging_to(&args, Some(log));
+    let (status, _) = get_when_listening(&listen, "/healthz");
+    assert_eq!(status, 200);
+    (server, listen)
+}
+
+/// Opens a connection and sends the start of a request head, which the server then waits on.
+fn unfinished_request(listen: &str) -> TcpStream {
+    let mut connection = TcpStream::connect(listen).unwrap();
+    connection.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+    connection
+}
+
+fn signal(process: &Process, name: &str) {
+    let status = Command::new("kill").args(["-s", name, &process.0.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -s {name} failed");
+}
+
+/// Waits for the process to exit and returns whether it did within [`WAIT`].
+fn exited(process: &mut Process) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if process.0.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A client that sends its request head one byte at a time is closed once the head has taken
+/// longer than the idle timeout, although every byte restarts that timeout.
+#[test]
+fn trickled_request_head_is_closed() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (_server, listen) = serve_logging(&["--idle-timeout", "2s"], log.path());
+    let mut connection = unfinished_request(&listen);
+    connection.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+
+    let deadline = Instant::now() + WAIT;
+    let closed = loop {
+        if Instant::now() > deadline {
+            break false;
+        }
+        if connection.write_all(b"a").is_err() {
+            break true;
+        }
+        let mut buffer = [0u8; 256];
+        match connection.read(&mut buffer) {
+            Ok(_) => break true,
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "a client trickling its request head kept its connection for {WAIT:?}");
+}
+
+/// On SIGTERM the server waits for open requests at most `--drain-timeout`, then exits.
+#[test]
+fn shutdown_bounded_by_drain_timeout() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (mut server, listen) = serve_logging(&["--drain-timeout", "1s"], log.path());
+    let _connection = unfinished_request(&listen);
+    // Lets the server read the partial head, so that a request is in progress.
+    std::thread::sleep(Duration::from_millis(200));
+
+    signal(&server, "TERM");
+    assert!(exited(&mut server), "msd serve did not exit after SIGTERM with a request open");
+    let output = std::fs::read_to_string(log.path()).unwrap();
+    assert!(output.contains("closing connections still open after the drain timeout"), "{output}");
+    assert!(output.contains("stopped"), "{output}");
+}
+
+/// A second SIGTERM during the drain closes the open connections at once.
+#[test]
+fn second_signal_skips_the_drain() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (mut server, listen) = serve_logging(&["--drain-timeout", "10m"], log.path());
+    let _connection = unfinished_request(&listen);
+    std::thread::sleep(Duration::from_millis(200));
+
+    signal(&server, "TERM");
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(log.path()).unwrap().contains("shutting down") {
+        assert!(Instant::now() < deadline, "no shutdown logged after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&server, "TERM");
+    assert!(exited(&mut server), "msd serve did not exit after a second SIGTERM");
+    let output = std::fs::read_to_string(log.path()).unwrap();
+    assert!(output.contains("second signal; closing open connections now"), "{output}");
+}
+
+/// Reads the soft and hard limits on open files of a process.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|line| line.starts_with("Max open files")).expect("Max open files in /proc/PID/limits");
+    let values: Vec<u64> = line.split_whitespace().filter_map(|word| word.parse().ok()).collect();
+    (values[0], values[1])
+}
+
+/// Started with a soft limit of 256 open files, `msd serve` raises it so that its 1,024
+/// connections and 64 other files fit, as far as the hard limit allows.
+#[test]
+fn open_file_limit_raised_for_connections() {
+    let group = new_group();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let command = format!(
+        "ulimit -Sn 256 && exec \"$0\" serve --group {group} --interface lo --ipv4 --listen {listen}"
+    );
+    let child = Command::new("sh")
+        .args(["-c", &command, env!("CARGO_BIN_EXE_msd")])
+        .env("MSD_LOG", "warn")
+        .env_remove("MSD_MULTICAST_INTERFACE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Process(child);
+    let (status, _) = get_when_listening(&listen, "/healthz");
+    assert_eq!(status, 200);
+
+    let (soft, hard) = open_file_limits(server.0.id());
+    assert_eq!(soft, hard.min(1024 + 64), "soft limit {soft}, hard limit {hard}");
 }

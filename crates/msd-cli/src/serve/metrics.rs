@@ -81,9 +81,9 @@ impl Metrics {
         let connections_open = Gauge::default();
         registry.register("http_connections", "Open HTTP connections", connections_open.clone());
         registry.register(
-            "http_connection_waits",
-            "Clients that waited for a place because --max-connections connections were open",
-            connections.waits(),
+            "http_connection_limit_reached",
+            "Times an accepted client found all --max-connections places taken; clients queued behind it in the listen backlog are not counted",
+            connections.limit_reached(),
         );
         registry.register("http_idle_connections_closed", "HTTP connections closed by --idle-timeout", connections.idle_closed());
         Metrics {

@@ -33,21 +33,18 @@ use tracing::{info, warn};
 
 use crate::args::ServeArgs;
 use crate::commands::{hangup_signals, StopSignals};
-use crate::connections::{ConnectionLimit, LimitedListener};
+use crate::connections::{bind, check_max_connections, parse_idle_timeout, raise_open_file_limit, ConnectionLimit};
 use crate::exit::CliError;
+use crate::http_server;
 use crate::settings::{apply_discovery, parse_duration, Network};
 use catalog::Catalog;
 use metrics::Metrics;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Longest silence on an event stream before a comment line is sent, so that proxies keep the
+/// Maximum silence on an event stream before a comment line is sent, so that proxies keep the
 /// connection open.
 const MAX_KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// Shortest `--idle-timeout`: below it, the keep-alive comments of idle event streams would
-/// become a noticeable load.
-const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// State shared by every handler.
 #[derive(Debug)]
@@ -70,21 +67,19 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         .listen
         .parse()
         .map_err(|_| CliError::Usage(format!("invalid --listen {:?}: write an address and port such as 127.0.0.1:8080", args.listen)))?;
-    let idle_timeout = parse_duration("--idle-timeout", &args.idle_timeout)?;
-    if idle_timeout < MIN_IDLE_TIMEOUT {
-        return Err(CliError::Usage(format!("invalid --idle-timeout {:?}: it must be at least 1s", args.idle_timeout)));
-    }
+    let idle_timeout = parse_idle_timeout("--idle-timeout", &args.idle_timeout)?;
+    let drain_timeout = parse_duration("--drain-timeout", &args.drain_timeout)?;
+    let max_connections = check_max_connections(args.max_connections)?;
+    raise_open_file_limit(max_connections.get(), 1, "--max-connections");
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|error| CliError::Failure(format!("failed to listen on {listen}: {error}")))?;
+    let listener = bind(listen).map_err(|error| CliError::Failure(format!("failed to listen on {listen}: {error}")))?;
     let mut stop_signals = StopSignals::install()?;
     let hangups = hangup_signals()?;
     let builder = network.apply_discoverer(Discoverer::builder(network.group));
     let discoverer = apply_discovery(&args.discovery, builder)?.start().await?;
     let (initial, events) = discoverer.watch().await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let connections = ConnectionLimit::new(args.max_connections, Some("--max-connections"));
+    let connections = ConnectionLimit::new(max_connections, Some("--max-connections"));
     let state = Arc::new(AppState {
         discoverer,
         catalog: Catalog::new(initial),
@@ -99,16 +94,24 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let app = router(Arc::clone(&state));
     let local = listener.local_addr().unwrap_or(listen);
     info!(listen = %local, group = %network.group, max_connections = connections.max(), idle_timeout = ?idle_timeout, "serving");
-    let served = axum::serve(LimitedListener::new(listener, connections, idle_timeout), app)
-        .with_graceful_shutdown(async move {
-            let signal = stop_signals.wait().await;
-            info!(signal, "shutting down");
-            let _ = stop.send(true);
-        })
-        .await;
+    let stopped = async {
+        let signal = stop_signals.wait().await;
+        info!(signal, "shutting down; waiting for open requests");
+        // Ends the event streams, which would otherwise keep their connections open.
+        let _ = stop.send(true);
+    };
+    let draining = http_server::serve(listener, &connections, idle_timeout, app, stopped).await;
+    tokio::select! {
+        () = draining.finish() => {}
+        () = tokio::time::sleep(drain_timeout) => {
+            warn!(open = connections.open(), "closing connections still open after the drain timeout");
+        }
+        signal = stop_signals.wait() => {
+            warn!(signal, open = connections.open(), "second signal; closing open connections now");
+        }
+    }
     pump.abort();
     reloader.abort();
-    served.map_err(|error| CliError::Failure(format!("HTTP server failed: {error}")))?;
     info!("stopped");
     Ok(())
 }
