@@ -106,7 +106,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDRESS", env = "MSD_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: String,
 
-    /// Most /v1/events clients served at once; further ones get 503 with a JSON error
+    /// Most /v1/events clients served at once (at most 1,000,000); further ones get 503 with a
+    /// JSON error
     #[arg(long, value_name = "COUNT", env = "MSD_MAX_EVENT_CLIENTS", default_value = "64")]
     pub(crate) max_event_clients: std::num::NonZeroUsize,
 

@@ -60,8 +60,18 @@ const OTHER_FILES: u64 = 64;
 
 /// Checks a `--max-connections` value read by clap.
 pub(crate) fn check_max_connections(max: NonZeroUsize) -> Result<NonZeroUsize, CliError> {
+    check_at_most_connections("--max-connections", max)
+}
+
+/// Checks a `--max-event-clients` value read by clap. Each event client is a connection, so the
+/// same bound applies.
+pub(crate) fn check_max_event_clients(max: NonZeroUsize) -> Result<NonZeroUsize, CliError> {
+    check_at_most_connections("--max-event-clients", max)
+}
+
+fn check_at_most_connections(flag: &str, max: NonZeroUsize) -> Result<NonZeroUsize, CliError> {
     if max.get() > MAX_CONNECTIONS {
-        return Err(usage(format!("invalid --max-connections {max}: it must be at most {MAX_CONNECTIONS}")));
+        return Err(usage(format!("invalid {flag} {max}: it must be at most {MAX_CONNECTIONS}")));
     }
     Ok(max)
 }
@@ -141,6 +151,10 @@ pub(crate) struct ConnectionLimit {
     idle_closed: Counter,
     /// When the last limit warning was logged, and how many warnings were left out since.
     warning: Mutex<(Option<Instant>, u64)>,
+    /// When the last accept error was logged.
+    accept_warning: Mutex<Option<Instant>>,
+    /// Request heads that did not arrive in time, counted by the HTTP server.
+    head_timeouts: Counter,
     /// Flag that sets the limit, named in the warning; `None` for a fixed limit.
     flag: Option<&'static str>,
 }
@@ -153,6 +167,8 @@ impl ConnectionLimit {
             limit_reached: Counter::default(),
             idle_closed: Counter::default(),
             warning: Mutex::new((None, 0)),
+            accept_warning: Mutex::new(None),
+            head_timeouts: Counter::default(),
             flag,
         })
     }
@@ -178,16 +194,12 @@ impl ConnectionLimit {
     /// (reset or aborted before it was accepted) are skipped. Other errors are logged at most
     /// once per [`LIMIT_WARNING_INTERVAL`] and retried after a short pause.
     pub(crate) async fn accept(&self, listener: &TcpListener) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
-        let mut last_warning: Option<Instant> = None;
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => return (stream, peer, self.acquire().await),
                 Err(error) if is_connection_error(&error) => debug!(%error, "connection failed before it was accepted"),
                 Err(error) => {
-                    if last_warning.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_INTERVAL) {
-                        warn!(%error, "accept failed; retrying");
-                        last_warning = Some(Instant::now());
-                    }
+                    self.warn_accept_failed(&error);
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
@@ -213,6 +225,20 @@ impl ConnectionLimit {
     /// Returns the counter of connections the idle timeout closed, to register in metrics.
     pub(crate) fn idle_closed(&self) -> Counter {
         self.idle_closed.clone()
+    }
+
+    /// Returns the counter of connections closed because a request head did not arrive in
+    /// time, to register in metrics.
+    pub(crate) fn head_timeouts(&self) -> Counter {
+        self.head_timeouts.clone()
+    }
+
+    fn warn_accept_failed(&self, error: &io::Error) {
+        let mut last = self.accept_warning.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_INTERVAL) {
+            warn!(%error, "accept failed; retrying");
+            *last = Some(Instant::now());
+        }
     }
 
     fn warn_limit_reached(&self) {

@@ -62,9 +62,15 @@ pub(crate) async fn serve(
         }
         let io = TokioIo::new(LimitedStream::new(stream, Arc::clone(limit), permit, idle_timeout));
         let connection = graceful.watch(builder.serve_connection(io, TowerToHyperService::new(app.clone())));
+        let head_timeouts = limit.head_timeouts();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%error, %peer, "connection ended with an error");
+            match connection.await {
+                Ok(()) => {}
+                Err(error) if error.is_timeout() => {
+                    head_timeouts.inc();
+                    debug!(%peer, "closing connection: the request head did not arrive in time");
+                }
+                Err(error) => debug!(%error, %peer, "connection ended with an error"),
             }
         });
     }

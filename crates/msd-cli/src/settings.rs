@@ -140,12 +140,20 @@ fn parse_ipv4_group(text: &str) -> Result<Ipv4Addr, CliError> {
     Ok(address)
 }
 
-/// Parses a duration such as `500ms`, `20s` or `2m`; `name` is the flag, for the message.
+/// Maximum duration any flag accepts. No setting needs more, and deadlines computed from it
+/// stay far from the limits of the clock types.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a duration such as `500ms`, `20s` or `2m`, from above zero to 365 days; `name` is the
+/// flag, for the message.
 pub(crate) fn parse_duration(name: &str, text: &str) -> Result<Duration, CliError> {
     let duration = humantime::parse_duration(text.trim())
         .map_err(|_| usage(format!("invalid {name} {text:?}: write a duration like 500ms, 20s or 2m")))?;
     if duration.is_zero() {
         return Err(usage(format!("invalid {name} {text:?}: it must be greater than zero")));
+    }
+    if duration > MAX_DURATION {
+        return Err(usage(format!("invalid {name} {text:?}: it must be at most 365 days")));
     }
     Ok(duration)
 }
@@ -206,6 +214,8 @@ mod tests {
             ("relative url", check_instance("a", "localhost"), "\"localhost\""),
             ("bad duration", parse_duration("--timeout", "soon").map(|_| ()), "\"soon\""),
             ("zero duration", parse_duration("--timeout", "0s").map(|_| ()), "greater than zero"),
+            ("huge duration", parse_duration("--timeout", "300000000000years").map(|_| ()), "at most 365 days"),
+            ("over a year", parse_duration("--timeout", "366days").map(|_| ()), "at most 365 days"),
             ("unicast ipv4 group", parse_ipv4_group("10.0.0.1").map(|_| ()), "10.0.0.1"),
             ("reserved ipv4 group", parse_ipv4_group("224.0.0.1").map(|_| ()), "reserved"),
             ("url without host", check_instance("a", "mailto:x@y").map(|_| ()), "no host"),

@@ -670,6 +670,8 @@ fn trickled_request_head_is_closed() {
         }
     };
     assert!(closed, "a client trickling its request head kept its connection for {WAIT:?}");
+    let (_, metrics) = get_when_listening(&listen, "/metrics");
+    assert_eq!(metric(&metrics, "msd_http_request_head_timeouts_total"), Some(1), "{metrics}");
 }
 
 /// On SIGTERM the server waits for open requests at most `--drain-timeout`, then exits.

@@ -86,6 +86,11 @@ impl Metrics {
             connections.limit_reached(),
         );
         registry.register("http_idle_connections_closed", "HTTP connections closed by --idle-timeout", connections.idle_closed());
+        registry.register(
+            "http_request_head_timeouts",
+            "HTTP connections closed because a request head did not arrive in time",
+            connections.head_timeouts(),
+        );
         Metrics {
             registry,
             instances,

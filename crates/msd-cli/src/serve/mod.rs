@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::args::ServeArgs;
 use crate::commands::{hangup_signals, StopSignals};
-use crate::connections::{bind, check_max_connections, parse_idle_timeout, raise_open_file_limit, ConnectionLimit};
+use crate::connections::{bind, check_max_connections, check_max_event_clients, parse_idle_timeout, raise_open_file_limit, ConnectionLimit};
 use crate::exit::CliError;
 use crate::http_server;
 use crate::settings::{apply_discovery, parse_duration, Network};
@@ -84,7 +84,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         discoverer,
         catalog: Catalog::new(initial),
         metrics: Metrics::new(&connections),
-        event_clients: sse::ClientLimit::new(args.max_event_clients.get()),
+        event_clients: sse::ClientLimit::new(check_max_event_clients(args.max_event_clients)?.get()),
         keep_alive: (idle_timeout / 3).min(MAX_KEEP_ALIVE),
         stopping,
     });
