@@ -63,10 +63,17 @@ pub(crate) fn check_max_connections(max: NonZeroUsize) -> Result<NonZeroUsize, C
     check_at_most_connections("--max-connections", max)
 }
 
-/// Checks a `--max-event-clients` value read by clap. Each event client is a connection, so the
-/// same bound applies.
-pub(crate) fn check_max_event_clients(max: NonZeroUsize) -> Result<NonZeroUsize, CliError> {
-    check_at_most_connections("--max-event-clients", max)
+/// Checks a `--max-event-clients` value read by clap against the connection limit. Each event
+/// client holds a connection for as long as it listens, so event clients alone must not be able
+/// to take every place.
+pub(crate) fn check_max_event_clients(max: NonZeroUsize, max_connections: NonZeroUsize) -> Result<NonZeroUsize, CliError> {
+    check_at_most_connections("--max-event-clients", max)?;
+    if max >= max_connections {
+        return Err(usage(format!(
+            "invalid --max-event-clients {max}: it must be below --max-connections ({max_connections}), so that other requests still find a place"
+        )));
+    }
+    Ok(max)
 }
 
 fn check_at_most_connections(flag: &str, max: NonZeroUsize) -> Result<NonZeroUsize, CliError> {
@@ -602,6 +609,12 @@ mod tests {
         assert_eq!(check_max_connections(most).unwrap(), most);
         assert!(check_max_connections(NonZeroUsize::new(MAX_CONNECTIONS + 1).unwrap()).is_err());
         assert!(check_max_connections(NonZeroUsize::MAX).is_err());
+
+        let connections = NonZeroUsize::new(1024).unwrap();
+        let below = NonZeroUsize::new(1023).unwrap();
+        assert_eq!(check_max_event_clients(below, connections).unwrap(), below);
+        assert!(check_max_event_clients(connections, connections).is_err());
+        assert!(check_max_event_clients(NonZeroUsize::MAX, most).is_err());
 
         assert_eq!(parse_idle_timeout("--idle-timeout", "1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_idle_timeout("--idle-timeout", "7days").unwrap(), MAX_IDLE_TIMEOUT);

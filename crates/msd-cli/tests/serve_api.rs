@@ -554,7 +554,7 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 fn connection_limit_and_idle_close() {
     let group = new_group();
     let listen = format!("127.0.0.1:{}", free_port());
-    let args = ["serve", "--group", &group, "--interface", "lo", "--ipv4", "--listen", &listen, "--max-connections", "2", "--idle-timeout", "10s"];
+    let args = ["serve", "--group", &group, "--interface", "lo", "--ipv4", "--listen", &listen, "--max-connections", "2", "--max-event-clients", "1", "--idle-timeout", "10s"];
     let _server = msd(&args);
     let (status, _) = get_when_listening(&listen, "/healthz");
     assert_eq!(status, 200);

@@ -70,6 +70,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let idle_timeout = parse_idle_timeout("--idle-timeout", &args.idle_timeout)?;
     let drain_timeout = parse_duration("--drain-timeout", &args.drain_timeout)?;
     let max_connections = check_max_connections(args.max_connections)?;
+    let max_event_clients = check_max_event_clients(args.max_event_clients, max_connections)?;
     raise_open_file_limit(max_connections.get(), 1, "--max-connections");
 
     let listener = bind(listen).map_err(|error| CliError::Failure(format!("failed to listen on {listen}: {error}")))?;
@@ -84,7 +85,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         discoverer,
         catalog: Catalog::new(initial),
         metrics: Metrics::new(&connections),
-        event_clients: sse::ClientLimit::new(check_max_event_clients(args.max_event_clients)?.get()),
+        event_clients: sse::ClientLimit::new(max_event_clients.get()),
         keep_alive: (idle_timeout / 3).min(MAX_KEEP_ALIVE),
         stopping,
     });
