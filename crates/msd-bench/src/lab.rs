@@ -61,9 +61,9 @@ pub fn join<T>(handle: JoinHandle<T>, what: &str) -> Result<T, String> {
 
 /// Kills the processes inside this process's lab namespaces and deletes the namespaces, for an
 /// interrupted run whose labs cannot drop. Namespaces of a lab are named
-/// `msdlab-<pid>-<lab number>-<host>`.
+/// `msdlab-<pid namespace>-<pid>-<lab number>-<host>`.
 pub fn remove_own_namespaces() {
-    let prefix = format!("msdlab-{}-", std::process::id());
+    let prefix = Lab::process_prefix();
     let Ok(list) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };

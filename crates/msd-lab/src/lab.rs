@@ -142,8 +142,14 @@ impl Lab {
         netns::sweep_stale()
     }
 
+    /// Returns the prefix of the names of every namespace this process creates,
+    /// `msdlab-<pid namespace>-<pid>-`.
+    pub fn process_prefix() -> String {
+        netns::own_prefix()
+    }
+
     /// Returns the prefix shared by the names of this lab's namespaces,
-    /// `msdlab-<pid>-<lab number>`.
+    /// `msdlab-<pid namespace>-<pid>-<lab number>`.
     pub fn name(&self) -> &str {
         &self.shared.name
     }
@@ -269,7 +275,7 @@ fn host_octet(index: usize) -> u8 {
 /// State shared by a lab, its hosts and its children.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// Prefix of every namespace name, `msdlab-<pid>-<lab number>`.
+    /// Prefix of every namespace name, `msdlab-<pid namespace>-<pid>-<lab number>`.
     pub(crate) name: String,
     /// Name of the switch namespace.
     pub(crate) switch: String,
@@ -286,7 +292,7 @@ pub(crate) struct Shared {
 impl Shared {
     fn new(lab_number: u32) -> Shared {
         let pid = std::process::id();
-        let name = format!("{}{pid}-{lab_number}", netns::NAMESPACE_PREFIX);
+        let name = format!("{}{lab_number}", netns::own_prefix());
         // Distinct for up to 65536 labs of one process. Labs never share a segment, so a
         // clash with a lab of another process is harmless.
         let [_, _, x, y] = pid

@@ -5,12 +5,15 @@
 //! switch namespace:
 //!
 //! ```text
-//!  msdlab-<pid>-<n>-h0      msdlab-<pid>-<n>-h1      msdlab-<pid>-<n>-h2
+//!  msdlab-<id>-<n>-h0       msdlab-<id>-<n>-h1       msdlab-<id>-<n>-h2
 //!  eth0 10.x.y.1, fe80::    eth0 10.x.y.2, fe80::    eth0 10.x.y.3, fe80::
 //!        |                        |                        |
 //!  ------h0-----------------------h1-----------------------h2------ br0
-//!                       msdlab-<pid>-<n>-sw (multicast snooping off)
+//!                       msdlab-<id>-<n>-sw (multicast snooping off)
 //! ```
+//!
+//! `<id>` is `<pid namespace inode>-<pid>` of the process that made the lab, and `<n>` counts
+//! the labs of that process.
 //!
 //! Tests run programs in a host with [`Host::command`] and [`Host::spawn`], or library code
 //! with [`Host::run`], which enters the namespace on a new thread. Faults come from nftables

@@ -15,8 +15,41 @@ use nix::unistd::Pid;
 use crate::command;
 use crate::LabError;
 
-/// Prefix of every namespace the lab creates, followed by `<pid>-<lab number>-`.
+/// Prefix of every namespace the lab creates, followed by `<pid namespace>-<pid>-<lab number>-`.
 pub(crate) const NAMESPACE_PREFIX: &str = "msdlab-";
+
+/// Returns the prefix of the namespaces this process creates, `msdlab-<pid namespace>-<pid>-`.
+///
+/// The pid namespace is the inode number of `/proc/self/ns/pid`. Containers that share
+/// `/var/run/netns` but not their pids see different inode numbers, so the sweep of one never
+/// takes another's live lab for a dead one.
+pub(crate) fn own_prefix() -> String {
+    format!(
+        "{NAMESPACE_PREFIX}{}-{}-",
+        pid_namespace(),
+        std::process::id()
+    )
+}
+
+/// Returns the inode number of this process's pid namespace, or 0 when it cannot be read.
+fn pid_namespace() -> u64 {
+    static INODE: OnceLock<u64> = OnceLock::new();
+    *INODE.get_or_init(|| {
+        std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .and_then(|target| parse_namespace_link(&target.to_string_lossy()))
+            .unwrap_or(0)
+    })
+}
+
+/// Reads the inode number from a namespace link target such as `pid:[4026531836]`.
+fn parse_namespace_link(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
 
 /// Directory where `ip netns` keeps the bind mounts that name namespaces.
 const NETNS_DIR: &str = "/var/run/netns";
@@ -74,8 +107,8 @@ pub(crate) fn sweep_stale_once() {
     });
 }
 
-/// Deletes every namespace named with [`NAMESPACE_PREFIX`] whose owning process no longer
-/// runs, and returns their names.
+/// Deletes every namespace named with [`NAMESPACE_PREFIX`] by a process of this pid namespace
+/// that no longer runs, and returns their names.
 pub(crate) fn sweep_stale() -> Result<Vec<String>, LabError> {
     let listing = command::run("ip", &["netns", "list"])?;
     let mut deleted = Vec::new();
@@ -83,9 +116,13 @@ pub(crate) fn sweep_stale() -> Result<Vec<String>, LabError> {
         .lines()
         .filter_map(|line| line.split_whitespace().next())
     {
-        let Some(pid) = owner_pid(namespace) else {
+        let Some((pid_namespace_inode, pid)) = owner(namespace) else {
             continue;
         };
+        // A pid of another pid namespace means nothing here, so its labs are left alone.
+        if pid_namespace_inode != pid_namespace() {
+            continue;
+        }
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -95,11 +132,13 @@ pub(crate) fn sweep_stale() -> Result<Vec<String>, LabError> {
     Ok(deleted)
 }
 
-/// Returns the pid encoded in a lab namespace name, or `None` for other namespaces.
-fn owner_pid(namespace: &str) -> Option<u32> {
+/// Returns the pid namespace inode and the pid encoded in a lab namespace name, or `None` for
+/// other namespaces.
+fn owner(namespace: &str) -> Option<(u64, u32)> {
     let rest = namespace.strip_prefix(NAMESPACE_PREFIX)?;
+    let (pid_namespace_inode, rest) = rest.split_once('-')?;
     let (pid, _) = rest.split_once('-')?;
-    pid.parse().ok()
+    Some((pid_namespace_inode.parse().ok()?, pid.parse().ok()?))
 }
 
 /// Moves the calling thread into `namespace`.
@@ -212,11 +251,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn owner_pid_reads_lab_names() {
-        assert_eq!(owner_pid("msdlab-4242-7-h0"), Some(4242));
-        assert_eq!(owner_pid("msdlab-4242-7-sw"), Some(4242));
-        assert_eq!(owner_pid("msdlab-x-7-sw"), None);
-        assert_eq!(owner_pid("other-4242-7"), None);
+    fn owner_reads_lab_names() {
+        assert_eq!(
+            owner("msdlab-4026531836-4242-7-h0"),
+            Some((4026531836, 4242))
+        );
+        assert_eq!(
+            owner("msdlab-4026531836-4242-7-sw"),
+            Some((4026531836, 4242))
+        );
+        assert_eq!(owner("msdlab-4026531836-x-7-sw"), None);
+        assert_eq!(owner("msdlab-4242-sw"), None);
+        assert_eq!(owner("other-4026531836-4242-7"), None);
+    }
+
+    #[test]
+    fn own_prefix_names_this_process() {
+        let prefix = own_prefix();
+        let name = format!("{prefix}0-h0");
+        assert_eq!(owner(&name), Some((pid_namespace(), std::process::id())));
+        assert_ne!(pid_namespace(), 0, "/proc/self/ns/pid was not read");
+    }
+
+    #[test]
+    fn namespace_link_parsed() {
+        assert_eq!(parse_namespace_link("pid:[4026531836]"), Some(4026531836));
+        assert_eq!(parse_namespace_link("net:[4026531836]"), None);
+        assert_eq!(parse_namespace_link("pid:[x]"), None);
     }
 
     #[test]
@@ -224,7 +285,7 @@ mod tests {
         let line =
             "2: eth0@if3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP \
                     mode DEFAULT group default qlen 1000\\    link/ether 26:e8:67:97:84:1f \
-                    brd ff:ff:ff:ff:ff:ff link-netns msdlab-1-0-sw\n";
+                    brd ff:ff:ff:ff:ff:ff link-netns msdlab-4026531836-1-0-sw\n";
         let info = parse_link_info(line).expect("line parses");
         assert_eq!(info.index, 2);
         assert_eq!(info.mac, "26:e8:67:97:84:1f");

@@ -17,13 +17,26 @@ fn stale_namespaces_are_removed() {
     let dead_pid = finished.id();
     let status = { finished }.wait().expect("`true` exits");
     assert!(status.success());
-    let stale = format!("msdlab-{dead_pid}-0-h0");
+    let own_prefix = Lab::process_prefix();
+    let pid_namespace = own_prefix
+        .strip_prefix("msdlab-")
+        .and_then(|rest| rest.split('-').next())
+        .expect("prefix names the pid namespace");
+    let stale = format!("msdlab-{pid_namespace}-{dead_pid}-0-h0");
+    // The same dead pid in another pid namespace may belong to a live process there.
+    let foreign = format!("msdlab-1-{dead_pid}-0-h0");
     let added = Command::new("ip").args(["netns", "add", &stale]).status();
     assert!(
         added.is_ok_and(|status| status.success()),
         "cannot add {stale}"
     );
     let _cleanup = DeleteOnDrop(stale.clone());
+    let added = Command::new("ip").args(["netns", "add", &foreign]).status();
+    assert!(
+        added.is_ok_and(|status| status.success()),
+        "cannot add {foreign}"
+    );
+    let _cleanup_foreign = DeleteOnDrop(foreign.clone());
     let mut sleeper = Command::new("ip")
         .args(["netns", "exec", &stale, "sleep", "30"])
         .spawn()
@@ -33,6 +46,10 @@ fn stale_namespaces_are_removed() {
     let removed = Lab::remove_stale_namespaces().expect("sweep succeeds");
 
     assert!(removed.contains(&stale), "{stale} not in {removed:?}");
+    assert!(
+        !removed.contains(&foreign),
+        "{foreign} was removed: {removed:?}"
+    );
     assert!(
         !removed.iter().any(|name| name.starts_with(lab.name())),
         "{removed:?}"
