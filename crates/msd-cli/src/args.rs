@@ -117,7 +117,7 @@ pub(crate) struct ServeArgs {
     pub(crate) max_connections: std::num::NonZeroUsize,
 
     /// Time a connection may wait to read or write with nothing moving before it is closed
-    /// (1s to 7 days); event streams send a comment every third of it, at most every 15s
+    /// (1s to 7 days). Event streams send a comment every third of it, at most every 15s
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, env = "MSD_IDLE_TIMEOUT", default_value = "60s")]
     pub(crate) idle_timeout: String,
 

@@ -2,8 +2,9 @@
 //!
 //! [`ConnectionLimit`] caps the connections open at once. When every place is taken, the
 //! connection just accepted waits for a place and the server accepts no other. Further clients
-//! wait in the kernel's listen backlog, and once that is full their TCP stacks retry or give up. Nothing is accepted only to be closed again, and a flood of connections cannot
-//! exhaust the process's file descriptors.
+//! wait in the kernel's listen backlog, and once that is full their TCP stacks retry or give up.
+//! Nothing is accepted only to be closed again, and a flood of connections cannot exhaust the
+//! process's file descriptors.
 //!
 //! [`LimitedStream`] adds an idle timeout for the HTTP servers: a connection on which nothing was
 //! read or written for the timeout, while the server waits to read or write, is closed. A client
@@ -20,7 +21,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,9 +36,11 @@ use tracing::{debug, warn};
 
 use crate::exit::CliError;
 use crate::settings::{parse_duration, usage};
+use crate::warning_limit::{nonzero, WarningLimit};
 
-/// Minimum time between two warnings that the limit was reached.
-const LIMIT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+/// Minimum time between two warnings that the limit was reached, and between two warnings of
+/// failed accepts.
+const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Pause after an accept error that is not about one connection (out of file descriptors, for
 /// example), so that the loop does not spin while the cause lasts.
@@ -64,8 +67,8 @@ pub(crate) fn check_max_connections(max: NonZeroUsize) -> Result<NonZeroUsize, C
 }
 
 /// Checks a `--max-event-clients` value read by clap against the connection limit. Each event
-/// client holds a connection for as long as it listens, so event clients alone must not be able
-/// to take every place.
+/// client keeps its connection for as long as it listens, so event clients alone must not be
+/// able to take every place.
 pub(crate) fn check_max_event_clients(max: NonZeroUsize, max_connections: NonZeroUsize) -> Result<NonZeroUsize, CliError> {
     check_at_most_connections("--max-event-clients", max)?;
     if max >= max_connections {
@@ -141,9 +144,9 @@ pub(crate) fn raise_open_file_limit(connections: usize, files_per_connection: u6
 /// Returns whether an error means this process or host ran out of a resource (file
 /// descriptors, buffers, memory), rather than that the peer failed.
 pub(crate) fn is_local_exhaustion(error: &io::Error) -> bool {
-    error.raw_os_error().is_some_and(|code| {
-        [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM].iter().any(|errno| *errno as i32 == code)
-    })
+    error
+        .raw_os_error()
+        .is_some_and(|code| matches!(Errno::from_raw(code), Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM))
 }
 
 /// Places for open connections, shared by a listener and the connections it accepted.
@@ -156,10 +159,8 @@ pub(crate) struct ConnectionLimit {
     limit_reached: Counter,
     /// Connections closed by the idle timeout.
     idle_closed: Counter,
-    /// When the last limit warning was logged, and how many warnings were left out since.
-    warning: Mutex<(Option<Instant>, u64)>,
-    /// When the last accept error was logged.
-    accept_warning: Mutex<Option<Instant>>,
+    limit_warnings: WarningLimit,
+    accept_warnings: WarningLimit,
     /// Request heads that did not arrive in time, counted by the HTTP server.
     head_timeouts: Counter,
     /// Flag that sets the limit, named in the warning; `None` for a fixed limit.
@@ -173,8 +174,8 @@ impl ConnectionLimit {
             max: max.get(),
             limit_reached: Counter::default(),
             idle_closed: Counter::default(),
-            warning: Mutex::new((None, 0)),
-            accept_warning: Mutex::new(None),
+            limit_warnings: WarningLimit::new(WARNING_INTERVAL, 1),
+            accept_warnings: WarningLimit::new(WARNING_INTERVAL, 1),
             head_timeouts: Counter::default(),
             flag,
         })
@@ -186,7 +187,14 @@ impl ConnectionLimit {
             return permit;
         }
         self.limit_reached.inc();
-        self.warn_limit_reached();
+        if let Some(suppressed) = self.limit_warnings.admit(Instant::now()) {
+            warn!(
+                max = self.max,
+                raise_with = self.flag,
+                suppressed = nonzero(suppressed),
+                "connection limit reached; new clients wait until a connection closes"
+            );
+        }
         match Arc::clone(&self.permits).acquire_owned().await {
             Ok(permit) => permit,
             // The semaphore is never closed, so this wait never ends in practice.
@@ -199,14 +207,16 @@ impl ConnectionLimit {
     /// While every place is taken, the one connection just accepted waits and the listener
     /// accepts no other, so the rest wait in the backlog. Errors that concern one connection
     /// (reset or aborted before it was accepted) are skipped. Other errors are logged at most
-    /// once per [`LIMIT_WARNING_INTERVAL`] and retried after a short pause.
+    /// once per [`WARNING_INTERVAL`] and retried after a short pause.
     pub(crate) async fn accept(&self, listener: &TcpListener) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => return (stream, peer, self.acquire().await),
                 Err(error) if is_connection_error(&error) => debug!(%error, "connection failed before it was accepted"),
                 Err(error) => {
-                    self.warn_accept_failed(&error);
+                    if let Some(suppressed) = self.accept_warnings.admit(Instant::now()) {
+                        warn!(%error, suppressed = nonzero(suppressed), "accept failed; retrying");
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
@@ -238,31 +248,6 @@ impl ConnectionLimit {
     /// time, to register in metrics.
     pub(crate) fn head_timeouts(&self) -> Counter {
         self.head_timeouts.clone()
-    }
-
-    fn warn_accept_failed(&self, error: &io::Error) {
-        let mut last = self.accept_warning.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_INTERVAL) {
-            warn!(%error, "accept failed; retrying");
-            *last = Some(Instant::now());
-        }
-    }
-
-    fn warn_limit_reached(&self) {
-        let mut warning = self.warning.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (last, left_out) = &mut *warning;
-        if last.is_some_and(|at| at.elapsed() < LIMIT_WARNING_INTERVAL) {
-            *left_out = left_out.saturating_add(1);
-            return;
-        }
-        let earlier = std::mem::take(left_out);
-        *last = Some(Instant::now());
-        warn!(
-            max = self.max,
-            raise_with = self.flag,
-            earlier_warnings_not_logged = (earlier > 0).then_some(earlier),
-            "connection limit reached; new clients wait until a connection closes"
-        );
     }
 }
 
@@ -569,6 +554,23 @@ mod tests {
 
         drop(server);
         assert_eq!(limit.open(), 0, "the closed connection kept its place");
+    }
+
+    /// Reads the backlog of the listener on `port` as `ss` reports it (the Send-Q of a
+    /// listening socket).
+    fn listen_backlog(port: u16) -> u32 {
+        let output = std::process::Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]).output().expect("ss runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text.lines().next().unwrap_or_else(|| panic!("no listener on port {port}: {text:?}"));
+        line.split_whitespace().nth(2).and_then(|field| field.parse().ok()).unwrap_or_else(|| panic!("no Send-Q in {line:?}"))
+    }
+
+    #[tokio::test]
+    async fn listener_backlog_set() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+        assert_eq!(listen_backlog(port), BACKLOG.min(somaxconn));
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@ mod output;
 mod proxy;
 mod serve;
 mod settings;
+mod warning_limit;
 #[cfg(test)]
 mod testing;
 

@@ -29,6 +29,7 @@ use crate::args::ProxyArgs;
 use crate::commands::{hangup_signals, StopSignals};
 use crate::connections::{bind, check_max_connections, is_local_exhaustion, parse_idle_timeout, raise_open_file_limit, Activity, ConnectionLimit, Watched};
 use crate::http_server;
+use crate::warning_limit::{nonzero, WarningLimit};
 use crate::exit::CliError;
 use crate::settings::{apply_discovery, parse_duration, parse_metadata, usage, Network};
 
@@ -106,38 +107,10 @@ struct Proxy {
     /// left, so that a dead instance costs one failed connect per cooldown rather than one per
     /// client until the discoverer removes it.
     cooling: Mutex<BTreeMap<String, Instant>>,
-    warnings: Mutex<WarningLimit>,
+    warnings: WarningLimit,
     metrics: ProxyMetrics,
     /// Places for client connections. Each place also covers that client's instance connection.
     connections: Arc<ConnectionLimit>,
-}
-
-/// A fixed one-second window that admits at most [`WARNINGS_PER_SECOND`] warnings and counts
-/// the ones it rejects.
-#[derive(Debug, Default)]
-struct WarningLimit {
-    window_start: Option<Instant>,
-    logged_in_window: u32,
-    suppressed: u64,
-}
-
-impl WarningLimit {
-    /// Decides whether a warning at `now` may be logged. Returns `None` when it must be
-    /// suppressed, else the number of warnings suppressed since the last one logged, which the
-    /// caller reports in the warning.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        let window_over = self.window_start.is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1));
-        if window_over {
-            self.window_start = Some(now);
-            self.logged_in_window = 0;
-        }
-        if self.logged_in_window >= WARNINGS_PER_SECOND {
-            self.suppressed = self.suppressed.saturating_add(1);
-            return None;
-        }
-        self.logged_in_window += 1;
-        Some(std::mem::take(&mut self.suppressed))
-    }
 }
 
 #[derive(Debug)]
@@ -318,7 +291,7 @@ impl Proxy {
             active: Mutex::new(BTreeMap::new()),
             unusable: Mutex::new(BTreeSet::new()),
             cooling: Mutex::new(BTreeMap::new()),
-            warnings: Mutex::new(WarningLimit::default()),
+            warnings: WarningLimit::new(Duration::from_secs(1), WARNINGS_PER_SECOND),
         }
     }
 
@@ -386,7 +359,7 @@ impl Proxy {
     }
 
     fn admit_warning(&self) -> Option<u64> {
-        lock(&self.warnings).admit(Instant::now())
+        self.warnings.admit(Instant::now())
     }
 
     /// Chooses a backend not yet tried for this connection.
@@ -553,10 +526,6 @@ fn escape_label_value(value: &str) -> String {
 }
 
 /// Returns a count for a log field, or `None` (no field) when it is zero.
-fn nonzero(count: u64) -> Option<u64> {
-    (count > 0).then_some(count)
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -898,23 +867,5 @@ mod tests {
         proxy.apply(Event::Changed { previous: good, current: bad });
         assert!(read(&proxy.backends).is_empty());
         assert_eq!(proxy.metrics.unusable.get(), 2);
-    }
-
-    #[test]
-    fn warning_limit_per_second() {
-        let mut limit = WarningLimit::default();
-        let start = Instant::now();
-        let admitted: Vec<_> = (0..20).map(|_| limit.admit(start)).collect();
-        let logged = admitted.iter().filter(|admission| admission.is_some()).count();
-        assert_eq!(logged, WARNINGS_PER_SECOND as usize);
-        assert!(admitted.iter().flatten().all(|suppressed| *suppressed == 0));
-
-        let almost = start + Duration::from_millis(999);
-        assert_eq!(limit.admit(almost), None);
-
-        // The next window reports the 16 suppressed so far in its first warning, once.
-        let next = start + Duration::from_secs(1);
-        assert_eq!(limit.admit(next), Some(16));
-        assert_eq!(limit.admit(next), Some(0));
     }
 }

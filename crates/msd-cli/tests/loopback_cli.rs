@@ -360,9 +360,9 @@ fn hung_server() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        let mut held = Vec::new();
+        let mut open_streams = Vec::new();
         for stream in listener.incoming().map_while(Result::ok) {
-            held.push(stream);
+            open_streams.push(stream);
         }
     });
     port
@@ -380,7 +380,7 @@ fn http_get(address: &str, path: &str) -> String {
 }
 
 /// A client that sent its request and closed its side, in front of an instance that never
-/// answers, is closed after `--idle-timeout` and counted.
+/// responds, is closed after `--idle-timeout` and counted.
 #[test]
 fn proxy_closes_idle_connections() {
     let group = new_group();
@@ -403,7 +403,7 @@ fn proxy_closes_idle_connections() {
     let (closed, log) = loop {
         let mut client = std::net::TcpStream::connect(&listen).unwrap();
         let port = client.local_addr().unwrap().port();
-        // Both fail when the proxy has already closed the connection, which the log tells.
+        // Both fail when the proxy has already closed the connection, which the log then shows.
         let _ = std::io::Write::write_all(&mut client, b"GET / HTTP/1.0\r\n\r\n");
         let _ = client.shutdown(std::net::Shutdown::Write);
         client.set_read_timeout(Some(WAIT)).unwrap();

@@ -625,6 +625,8 @@ fn serve_logging(extra: &[&str], log: &Path) -> (Process, String) {
 fn unfinished_request(listen: &str) -> TcpStream {
     let mut connection = TcpStream::connect(listen).unwrap();
     connection.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+    // Lets the server read the partial head, so that a request is in progress.
+    std::thread::sleep(Duration::from_millis(200));
     connection
 }
 
@@ -680,8 +682,6 @@ fn shutdown_bounded_by_drain_timeout() {
     let log = tempfile::NamedTempFile::new().unwrap();
     let (mut server, listen) = serve_logging(&["--drain-timeout", "1s"], log.path());
     let _connection = unfinished_request(&listen);
-    // Lets the server read the partial head, so that a request is in progress.
-    std::thread::sleep(Duration::from_millis(200));
 
     signal(&server, "TERM");
     assert!(exited(&mut server), "msd serve did not exit after SIGTERM with a request open");
@@ -696,7 +696,6 @@ fn second_signal_skips_the_drain() {
     let log = tempfile::NamedTempFile::new().unwrap();
     let (mut server, listen) = serve_logging(&["--drain-timeout", "10m"], log.path());
     let _connection = unfinished_request(&listen);
-    std::thread::sleep(Duration::from_millis(200));
 
     signal(&server, "TERM");
     let deadline = Instant::now() + WAIT;
@@ -718,27 +717,51 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
     (values[0], values[1])
 }
 
-/// Started with a soft limit of 256 open files, `msd serve` raises it so that its 1,024
-/// connections and 64 other files fit, as far as the hard limit allows.
-#[test]
-fn open_file_limit_raised_for_connections() {
+/// Starts `msd serve` on the loopback interface after the shell commands `limits` (such as
+/// `ulimit -Sn 256`), logging at warn to `log`, and returns it once `/healthz` responds.
+fn serve_with_limits(limits: &str, log: &Path) -> Process {
     let group = new_group();
     let listen = format!("127.0.0.1:{}", free_port());
-    let command = format!(
-        "ulimit -Sn 256 && exec \"$0\" serve --group {group} --interface lo --ipv4 --listen {listen}"
-    );
+    let command = format!("{limits} && exec \"$0\" serve --group {group} --interface lo --ipv4 --listen {listen}");
     let child = Command::new("sh")
         .args(["-c", &command, env!("CARGO_BIN_EXE_msd")])
         .env("MSD_LOG", "warn")
         .env_remove("MSD_MULTICAST_INTERFACE")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap();
     let server = Process(child);
     let (status, _) = get_when_listening(&listen, "/healthz");
     assert_eq!(status, 200);
+    server
+}
+
+/// Started with a soft limit of 256 open files, `msd serve` raises it so that its 1,024
+/// connections and 64 other files fit, as far as the hard limit allows.
+#[test]
+fn open_file_limit_raised_for_connections() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = serve_with_limits("ulimit -Sn 256", log.path());
 
     let (soft, hard) = open_file_limits(server.0.id());
     assert_eq!(soft, hard.min(1024 + 64), "soft limit {soft}, hard limit {hard}");
+    if hard >= 1024 + 64 {
+        let output = std::fs::read_to_string(log.path()).unwrap();
+        assert!(!output.contains("open-file limit is below"), "{output}");
+    }
+}
+
+/// With a hard limit of 300 open files, `msd serve` raises its soft limit to 300 and warns that
+/// its 1,024 connections may not fit.
+#[test]
+fn open_file_limit_too_low_warns() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = serve_with_limits("ulimit -Sn 256 && ulimit -Hn 300", log.path());
+
+    let (soft, hard) = open_file_limits(server.0.id());
+    assert_eq!((soft, hard), (300, 300));
+    let output = std::fs::read_to_string(log.path()).unwrap();
+    assert!(output.contains("open-file limit is below what --max-connections connections may need"), "{output}");
+    assert!(output.contains("needed=1088"), "{output}");
 }
